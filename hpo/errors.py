@@ -1,0 +1,23 @@
+"""User-facing errors: one clear line, a non-zero exit, no traceback."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+
+
+class HpoError(Exception):
+    """A problem the user can fix; its message says what is wrong and how to fix it."""
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a command's ``main`` and turn an ``HpoError`` into one line on stderr and exit code 2."""
+    try:
+        code = main()
+    except HpoError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    sys.exit(code or 0)

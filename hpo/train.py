@@ -1,0 +1,262 @@
+"""Train one config: ``train(config, train_data, eval_data, device, on_epoch) -> TrainResult``.
+
+The trainer knows nothing about Optuna. A caller watches progress through ``on_epoch``, which gets an
+``EpochStats`` after every evaluation and may return ``True`` to stop training (or raise).
+
+The input pipeline keeps the whole split on the device as uint8, shuffles with ``randperm``, builds
+batches by indexing and augments/normalises whole batches there: no DataLoader, no per-image work.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from torch import nn
+
+from hpo.augment import get_policy, normalize
+from hpo.config import TrainConfig, load_config
+from hpo.data import Split, load_cifar10, train_val_split
+from hpo.errors import HpoError, run_cli
+from hpo.model import build_model
+from hpo.schedule import build_scheduler
+
+EVAL_BATCH = 1024
+
+
+@dataclass(frozen=True)
+class EpochStats:
+    epoch: int  # 1-based
+    val_acc: float
+    val_loss: float
+    train_loss: float
+    elapsed: float  # seconds since training started, evaluation included
+    lr: float  # learning rate at the end of the epoch
+
+
+EpochCallback = Callable[[EpochStats], "bool | None"]
+# epoch number -> batches of (normalised float images, labels) on the training device
+BatchSource = Callable[[int], Iterable[tuple[torch.Tensor, torch.Tensor]]]
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    history: list[EpochStats]
+    val_acc: float  # accuracy on the evaluation split after the last epoch run
+    val_loss: float
+    epochs_run: int
+    stopped_early: bool  # the callback asked to stop, or the loss diverged
+    diverged: bool  # the training loss became NaN or infinite
+    train_seconds: float  # wall time of the optimisation steps, evaluation excluded
+    wall_seconds: float
+    images_per_second: float
+    device: str
+    model: nn.Module = field(repr=False, compare=False)
+
+    @property
+    def best_val_acc(self) -> float:
+        return max((h.val_acc for h in self.history), default=float("nan"))
+
+    def summary(self) -> dict:
+        """The result without the model, ready for JSON."""
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "model"}
+        out["config"] = self.config.to_dict()
+        out["history"] = [dataclasses.asdict(h) for h in self.history]
+        out["best_val_acc"] = self.best_val_acc
+        return out
+
+
+def resolve_device(name: str) -> torch.device:
+    """'auto' picks CUDA when present; asking for CUDA without a GPU is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        raise HpoError(f"unknown device {name!r}: use auto, cpu or cuda")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HpoError(f"--device {name} was requested but no CUDA GPU is available: use --device cpu or auto")
+    return torch.device(name)
+
+
+def device_batches(data: Split, config: TrainConfig, gen: torch.Generator, dtype: torch.dtype) -> BatchSource:
+    """Shuffled, augmented, normalised batches drawn from a split that already lives on the device."""
+    augment = get_policy(config.augmentation)
+    n = len(data)
+    batch = min(config.batch_size, n)
+
+    def epoch_batches(epoch: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = torch.randperm(n, device=data.images.device, generator=gen)
+        # Drop the ragged last batch: the order is reshuffled every epoch, so no image is left out for long.
+        for start in range(0, n - batch + 1, batch):
+            idx = order[start : start + batch]
+            yield normalize(augment(data.images[idx], gen), dtype), data.labels[idx]
+
+    return epoch_batches
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, data: Split, device: torch.device) -> tuple[float, float]:
+    """(accuracy, mean cross-entropy) of the model on a split; one host sync at the end."""
+    model.eval()
+    correct = torch.zeros((), device=device)
+    loss = torch.zeros((), device=device)
+    for start in range(0, len(data), EVAL_BATCH):
+        x = data.images[start : start + EVAL_BATCH].to(device, non_blocking=True)
+        y = data.labels[start : start + EVAL_BATCH].to(device, non_blocking=True)
+        with _autocast(device):
+            logits = model(_layout(normalize(x), device)).float()
+        loss += nn.functional.cross_entropy(logits, y, reduction="sum")
+        correct += (logits.argmax(1) == y).sum()
+    n = max(1, len(data))
+    return correct.item() / n, loss.item() / n
+
+
+def train(
+    config: TrainConfig,
+    train_data: Split,
+    eval_data: Split,
+    device: torch.device | str = "cpu",
+    on_epoch: EpochCallback | None = None,
+    batches: BatchSource | None = None,
+) -> TrainResult:
+    """Train ``config`` on ``train_data``, evaluating on ``eval_data`` after every epoch.
+
+    ``batches`` replaces the on-device input pipeline (the benchmark passes a DataLoader through it).
+    """
+    device = torch.device(device)
+    torch.manual_seed(config.seed)
+    gen = torch.Generator(device=device).manual_seed(config.seed)
+    train_data = train_data.first(config.train_subset).to(device)
+    eval_data = eval_data.to(device)
+    if batches is None:
+        batches = device_batches(train_data, config, gen, torch.float32)
+    steps_per_epoch = max(1, len(train_data) // config.batch_size)
+
+    model = build_model(config, device)
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=config.nesterov,
+        weight_decay=config.weight_decay,
+    )
+    scheduler = build_scheduler(optimizer, config, steps_per_epoch * config.epochs)
+    loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
+
+    history: list[EpochStats] = []
+    start = time.perf_counter()
+    train_seconds, images_seen = 0.0, 0
+    stopped_early = diverged = False
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        epoch_start = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)
+        n_seen = 0
+        for step, (x, y) in enumerate(batches(epoch)):
+            if step >= steps_per_epoch:
+                break  # keep the schedule exact even if a batch source yields more
+            with _autocast(device):
+                loss = loss_fn(model(_layout(x, device)), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * y.shape[0]  # stays on the device: no per-batch host sync
+            n_seen += y.shape[0]
+        train_loss = loss_sum.item() / max(1, n_seen)  # the one sync of the epoch
+        train_seconds += time.perf_counter() - epoch_start
+        images_seen += n_seen
+        val_acc, val_loss = evaluate(model, eval_data, device)
+        stats = EpochStats(
+            epoch, val_acc, val_loss, train_loss, time.perf_counter() - start, scheduler.get_last_lr()[0]
+        )
+        history.append(stats)
+        diverged = not math.isfinite(train_loss)
+        stop = on_epoch(stats) if on_epoch is not None else False
+        if diverged or (stop and epoch < config.epochs):
+            stopped_early = True
+            break
+
+    last = history[-1]
+    return TrainResult(
+        config=config,
+        history=history,
+        val_acc=last.val_acc,
+        val_loss=last.val_loss,
+        epochs_run=len(history),
+        stopped_early=stopped_early,
+        diverged=diverged,
+        train_seconds=train_seconds,
+        wall_seconds=time.perf_counter() - start,
+        images_per_second=images_seen / train_seconds if train_seconds > 0 else 0.0,
+        device=str(device),
+        model=model,
+    )
+
+
+def _autocast(device: torch.device):
+    # bf16 on CUDA halves memory traffic with no loss scaling needed; the CPU stays in fp32.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def _layout(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return x.contiguous(memory_format=torch.channels_last) if device.type == "cuda" else x
+
+
+def parse_overrides(pairs: list[str]) -> dict:
+    """``["lr=0.5", "widths=[32,64,64]"]`` -> dict, values parsed as YAML scalars/lists."""
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise HpoError(f"--set expects KEY=VALUE, got {pair!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hpo.train", description="Train one config on CIFAR-10.")
+    parser.add_argument("--config", type=Path, help="JSON/YAML config (or an exported file); default: built-in")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
+    parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default: data)")
+    parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share of the train set")
+    parser.add_argument("--output", type=Path, help="also write the result as JSON here")
+    args = parser.parse_args(argv)
+
+    config = load_config(args.config) if args.config else TrainConfig()
+    if args.set:
+        config = TrainConfig.from_dict({**config.to_dict(), **parse_overrides(args.set)}, source="--set")
+    device = resolve_device(args.device)
+    data = load_cifar10(args.data_dir)
+    train_split, val_split = train_val_split(data.train, args.val_fraction, seed=0)
+    print(f"training on {len(train_split.first(config.train_subset))} images, validating on {len(val_split)}, {device}")
+
+    def report(s: EpochStats) -> None:
+        print(
+            f"epoch {s.epoch:3d}  train loss {s.train_loss:.4f}  val loss {s.val_loss:.4f}  "
+            f"val acc {s.val_acc:.4f}  lr {s.lr:.4g}  {s.elapsed:.1f}s",
+            flush=True,
+        )
+
+    result = train(config, train_split, val_split, device, on_epoch=report)
+    print(
+        f"done: val acc {result.val_acc:.4f} (best {result.best_val_acc:.4f}) after {result.epochs_run} epochs, "
+        f"{result.train_seconds:.1f}s training, {result.images_per_second:.0f} img/s"
+        + ("  [diverged: loss became NaN/inf]" if result.diverged else "")
+    )
+    if args.output:
+        args.output.write_text(json.dumps(result.summary(), indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    run_cli(main)

@@ -1,0 +1,124 @@
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from hpo.data import CACHE_NAME, DataError, load_cifar10, train_val_split
+from tests.conftest import write_cifar_batches
+
+
+def test_loads_batches_as_uint8_tensors(tiny_data_dir):
+    data = load_cifar10(tiny_data_dir, download=False)
+    assert data.train.images.shape == (100, 3, 32, 32) and data.train.images.dtype == torch.uint8
+    assert data.test.images.shape == (20, 3, 32, 32)
+    assert data.train.labels.dtype == torch.int64 and int(data.train.labels.max()) < 10
+
+
+def test_pixels_are_decoded_channel_planar(tmp_path):
+    root = write_cifar_batches(tmp_path, per_batch=2)
+    with open(root / "cifar-10-batches-py" / "data_batch_1", "rb") as f:
+        raw = pickle.load(f)["data"][0]
+    image = load_cifar10(root, download=False).train.images[0]
+    assert image[0, 0, 1] == raw[1] and image[1, 0, 0] == raw[1024] and image[2, 31, 31] == raw[3071]
+
+
+def test_cache_round_trip_is_identical_and_used(tiny_data_dir):
+    first = load_cifar10(tiny_data_dir, download=False)
+    cache = tiny_data_dir / "cifar-10-batches-py" / CACHE_NAME
+    assert cache.is_file()
+    # Break a source file without touching its size/mtime fingerprint: only the cache can answer now.
+    batch = tiny_data_dir / "cifar-10-batches-py" / "data_batch_1"
+    stat = batch.stat()
+    batch.write_bytes(b"x" * stat.st_size)
+    import os
+
+    os.utime(batch, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = load_cifar10(tiny_data_dir, download=False)
+    assert torch.equal(first.train.images, second.train.images)
+    assert torch.equal(first.test.labels, second.test.labels)
+
+
+def test_changed_data_invalidates_the_cache(tiny_data_dir):
+    load_cifar10(tiny_data_dir, download=False)
+    time.sleep(0.01)
+    write_cifar_batches(tiny_data_dir, per_batch=30, seed=1)
+    assert len(load_cifar10(tiny_data_dir, download=False).test) == 30
+
+
+def test_corrupt_cache_is_rebuilt(tiny_data_dir):
+    load_cifar10(tiny_data_dir, download=False)
+    (tiny_data_dir / "cifar-10-batches-py" / CACHE_NAME).write_bytes(b"garbage")
+    assert len(load_cifar10(tiny_data_dir, download=False).train) == 100
+
+
+def test_read_only_folder_caches_elsewhere(tiny_data_dir, tmp_path, monkeypatch):
+    import hpo.data
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    # Tests run as root, for whom chmod does not bite: make the folder look read-only instead.
+    monkeypatch.setattr(hpo.data.os, "access", lambda path, mode: False)
+    first = load_cifar10(tiny_data_dir, download=False)
+    assert not (tiny_data_dir / "cifar-10-batches-py" / CACHE_NAME).exists()
+    cached = list((tmp_path / "xdg" / "hpo").glob(f"*{CACHE_NAME}"))
+    assert len(cached) == 1
+    assert torch.equal(load_cifar10(tiny_data_dir, download=False).train.images, first.train.images)
+
+
+def test_missing_data_offline_says_where_to_put_it(tmp_path):
+    with pytest.raises(DataError, match="cifar-10-python.tar.gz"):
+        load_cifar10(tmp_path / "nothing", download=False)
+
+
+def test_missing_data_with_failing_download_says_where_to_put_it(tmp_path, monkeypatch):
+    import torchvision.datasets.cifar as cifar
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable")
+
+    monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
+    with pytest.raises(DataError, match="download failed.*cifar-10-python.tar.gz"):
+        load_cifar10(tmp_path / "nothing", download=True)
+
+
+def test_truncated_batch_is_reported(tiny_data_dir):
+    batch = tiny_data_dir / "cifar-10-batches-py" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[:500])
+    with pytest.raises(DataError, match="data_batch_3 is truncated or corrupted"):
+        load_cifar10(tiny_data_dir, download=False)
+
+
+def test_missing_batch_is_reported(tiny_data_dir):
+    (tiny_data_dir / "cifar-10-batches-py" / "test_batch").unlink()
+    with pytest.raises(DataError, match="test_batch is missing"):
+        load_cifar10(tiny_data_dir, download=False)
+
+
+@pytest.mark.parametrize(
+    ("entry", "message"),
+    [
+        ({"data": np.zeros((4, 100), np.uint8), "labels": [0] * 4}, "uint8 rows of 3072"),
+        ({"data": np.zeros((4, 3072), np.float32), "labels": [0] * 4}, "uint8 rows of 3072"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0] * 3}, "4 images but 3 labels"),
+        ({"data": np.zeros((4, 3072), np.uint8), "labels": [0, 1, 2, 10]}, "labels must be in 0..9"),
+        ({"pixels": np.zeros((4, 3072), np.uint8)}, "expected a dict"),
+    ],
+)
+def test_wrong_shapes_or_labels_are_reported(tiny_data_dir, entry, message):
+    with open(tiny_data_dir / "cifar-10-batches-py" / "data_batch_2", "wb") as f:
+        pickle.dump(entry, f)
+    with pytest.raises(DataError, match=message):
+        load_cifar10(tiny_data_dir, download=False)
+
+
+def test_split_is_deterministic_disjoint_and_complete(tiny_data_dir):
+    train = load_cifar10(tiny_data_dir, download=False).train
+    a_train, a_val = train_val_split(train, 0.1, seed=5)
+    b_train, b_val = train_val_split(train, 0.1, seed=5)
+    assert len(a_val) == 10 and len(a_train) == 90
+    assert torch.equal(a_val.images, b_val.images)
+    _, c_val = train_val_split(train, 0.1, seed=6)
+    assert not torch.equal(a_val.images, c_val.images)
+    key = lambda s: {bytes(img.numpy()) for img in s.images}  # noqa: E731
+    assert key(a_train).isdisjoint(key(a_val)) and len(key(a_train) | key(a_val)) == len(key(train))

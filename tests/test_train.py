@@ -1,0 +1,152 @@
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hpo.config import TrainConfig
+from hpo.data import load_cifar10, train_val_split
+from hpo.train import resolve_device, train
+
+TINY = dict(widths=(8, 16, 16), stem_width=8, batch_size=16, epochs=2)
+
+
+@pytest.fixture
+def splits(tiny_data_dir):
+    return train_val_split(load_cifar10(tiny_data_dir, download=False).train, 0.2)
+
+
+def test_result_has_history_and_throughput(splits):
+    result = train(TrainConfig(**TINY), *splits)
+    assert result.epochs_run == 2 and len(result.history) == 2
+    assert [h.epoch for h in result.history] == [1, 2]
+    assert 0 <= result.val_acc <= 1 and result.images_per_second > 0
+    assert result.history[1].elapsed >= result.history[0].elapsed
+    json.dumps(result.summary())
+
+
+def test_same_config_and_seed_reproduce_exactly_on_cpu(splits):
+    config = TrainConfig(**TINY, augmentation="flip_translate_cutout", dropout=0.3)
+    a, b = train(config, *splits), train(config, *splits)
+    assert [h.val_loss for h in a.history] == [h.val_loss for h in b.history]
+    assert all(torch.equal(p, q) for p, q in zip(a.model.state_dict().values(), b.model.state_dict().values()))
+    c = train(config.replace(seed=1), *splits)
+    assert [h.val_loss for h in a.history] != [h.val_loss for h in c.history]
+
+
+def test_callback_sees_every_epoch_and_can_stop(splits):
+    seen = []
+
+    def stop_after_two(stats):
+        seen.append((stats.epoch, stats.val_acc, stats.val_loss, stats.elapsed))
+        return stats.epoch == 2
+
+    result = train(TrainConfig(**{**TINY, "epochs": 5}), *splits, on_epoch=stop_after_two)
+    assert [s[0] for s in seen] == [1, 2]
+    assert result.epochs_run == 2 and result.stopped_early
+
+
+def test_callback_exception_propagates(splits):
+    class Stop(Exception):
+        pass
+
+    def boom(stats):
+        raise Stop
+
+    with pytest.raises(Stop):
+        train(TrainConfig(**TINY), *splits, on_epoch=boom)
+
+
+def test_divergence_stops_training_early(splits):
+    config = TrainConfig(**{**TINY, "epochs": 4, "lr": 100.0, "scheduler": "constant", "weight_decay": 0.0})
+    result = train(config.replace(momentum=0.9), *splits)
+    assert result.diverged and result.stopped_early and result.epochs_run < 4
+
+
+def test_train_subset_limits_images(splits):
+    result = train(TrainConfig(**{**TINY, "epochs": 1, "train_subset": 32}), *splits)
+    assert result.images_per_second > 0 and result.history[0].epoch == 1
+
+
+def test_cuda_without_gpu_is_a_user_error():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from hpo.errors import HpoError
+
+    with pytest.raises(HpoError, match="no CUDA GPU"):
+        resolve_device("cuda")
+    assert resolve_device("auto").type == "cpu"
+
+
+def test_cli_trains_a_config_file(tiny_data_dir, tmp_path):
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(TrainConfig(**TINY).to_json())
+    out = tmp_path / "result.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hpo.train",
+            "--config",
+            str(cfg),
+            "--data-dir",
+            str(tiny_data_dir),
+            "--device",
+            "cpu",
+            "--set",
+            "epochs=1",
+            "--output",
+            str(out),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "epoch   1" in proc.stdout and "done: val acc" in proc.stdout
+    assert json.loads(out.read_text())["epochs_run"] == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--set", "scheduler=plateau"], "scheduler must be one of"),
+        (["--device", "tpu"], "unknown device"),
+        (["--config", "/nonexistent.json"], "cannot read config file"),
+    ],
+)
+def test_cli_bad_input_is_one_line_without_traceback(tiny_data_dir, args, message):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.train", "--data-dir", str(tiny_data_dir), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert message in proc.stderr and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_cli_missing_data_offline(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.train", "--data-dir", str(tmp_path / "none"), "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={
+            **__import__("os").environ,
+            "HTTPS_PROXY": "http://127.0.0.1:9",
+            "HTTP_PROXY": "http://127.0.0.1:9",
+        },
+    )
+    assert proc.returncode == 2 and "cifar-10-python.tar.gz" in proc.stderr and "Traceback" not in proc.stderr
+
+
+@pytest.mark.integration
+def test_learns_on_the_real_subset(subset_dir):
+    data = load_cifar10(subset_dir, download=False)
+    train_split, val_split = train_val_split(data.train)
+    config = TrainConfig(widths=(32, 64, 128), batch_size=256, epochs=4, lr=0.2, weight_decay=5e-4)
+    result = train(config, train_split, val_split)
+    assert result.val_acc >= 0.40, [h.val_acc for h in result.history]
