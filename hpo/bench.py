@@ -8,7 +8,6 @@ only the source of batches differs. Also times each augmentation policy on its o
 
 from __future__ import annotations
 
-import argparse
 import time
 
 import torch
@@ -18,7 +17,7 @@ from torchvision.transforms import v2
 from hpo.augment import CIFAR_MEAN, CIFAR_STD, POLICIES, normalize
 from hpo.config import TrainConfig
 from hpo.data import Split, load_cifar10, train_val_split
-from hpo.errors import run_cli
+from hpo.errors import ArgumentParser, run_cli
 from hpo.train import BatchSource, resolve_device, train
 
 
@@ -99,7 +98,7 @@ def _sync(device: torch.device) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpo.bench", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m hpo.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--epochs", type=int, default=3)
@@ -153,5 +152,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

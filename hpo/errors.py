@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import argparse
 import sys
 from collections.abc import Callable
+from typing import NoReturn
 
 
 class HpoError(Exception):
@@ -21,3 +23,10 @@ def run_cli(main: Callable[[], int | None]) -> None:
         print("interrupted", file=sys.stderr)
         sys.exit(130)
     sys.exit(code or 0)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a bad option is an ``HpoError``: one line, exit 2, no usage dump."""
+
+    def error(self, message: str) -> NoReturn:
+        raise HpoError(f"{message} (see {self.prog} --help)")

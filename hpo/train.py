@@ -9,7 +9,6 @@ batches by indexing and augments/normalises whole batches there: no DataLoader, 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -25,7 +24,7 @@ from torch import nn
 from hpo.augment import get_policy, normalize
 from hpo.config import TrainConfig, load_config
 from hpo.data import Split, load_cifar10, train_val_split
-from hpo.errors import HpoError, run_cli
+from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.model import build_model
 from hpo.schedule import build_scheduler
 
@@ -223,7 +222,7 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m hpo.train", description="Train one config on CIFAR-10.")
+    parser = ArgumentParser(prog="python -m hpo.train", description="Train one config on CIFAR-10.")
     parser.add_argument("--config", type=Path, help="JSON/YAML config (or an exported file); default: built-in")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default: data)")
@@ -258,5 +257,9 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
     run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

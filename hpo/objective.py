@@ -1,0 +1,67 @@
+"""The Optuna objective: trial -> config -> ``train`` with a reporting/pruning callback -> validation accuracy.
+
+Everything worth keeping about a trial goes into the storage as user attributes, pruned and failed trials
+included, so the study file is the system of record.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import optuna
+import torch
+
+from hpo.config import TrainConfig
+from hpo.data import Split
+from hpo.space import SearchSpace
+from hpo.train import EpochStats, TrainResult, train
+
+OBJECTIVE_NAME = "validation accuracy"
+
+
+def trial_seed(study_seed: int, trial_number: int) -> int:
+    """A per-trial seed from the study seed and trial number: a single-worker study replays exactly."""
+    return (study_seed * 1_000_003 + trial_number) % 2**31
+
+
+@dataclasses.dataclass
+class Objective:
+    space: SearchSpace
+    base: TrainConfig
+    train_data: Split
+    val_data: Split
+    device: torch.device
+    study_seed: int = 0
+
+    def config_for(self, trial: optuna.Trial) -> TrainConfig:
+        return self.space.suggest(trial, self.base).replace(seed=trial_seed(self.study_seed, trial.number))
+
+    def __call__(self, trial: optuna.Trial) -> float:
+        config = self.config_for(trial)
+        trial.set_user_attr("config", config.to_dict())
+        trial.set_user_attr("seed", config.seed)
+        trial.set_user_attr("device", str(self.device))
+
+        def report_and_ask(stats: EpochStats) -> bool:
+            trial.report(stats.val_acc, stats.epoch)
+            return trial.should_prune()  # True stops training; we raise TrialPruned once it has returned
+
+        result = train(config, self.train_data, self.val_data, self.device, on_epoch=report_and_ask)
+        _record(trial, result)
+        if result.diverged:
+            reason = f"diverged: training loss became NaN/inf in epoch {result.epochs_run}"
+            trial.set_user_attr("stop_reason", reason)
+            raise optuna.TrialPruned(reason)
+        if result.stopped_early:
+            trial.set_user_attr("stop_reason", f"pruned after epoch {result.epochs_run}")
+            raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run} at val acc {result.val_acc:.4f}")
+        return result.val_acc
+
+
+def _record(trial: optuna.Trial, result: TrainResult) -> None:
+    trial.set_user_attr("val_acc_curve", [round(s.val_acc, 6) for s in result.history])
+    trial.set_user_attr("val_loss_curve", [round(s.val_loss, 6) for s in result.history])
+    trial.set_user_attr("epochs_run", result.epochs_run)
+    trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
+    trial.set_user_attr("wall_seconds", round(result.wall_seconds, 3))
+    trial.set_user_attr("images_per_second", round(result.images_per_second, 1))

@@ -1,0 +1,428 @@
+"""``python -m hpo.search``: an Optuna study over CIFAR-10 training configs, stored in SQLite (or any Optuna storage).
+
+Re-running the same command continues the study: ``--n-trials`` is the study's total of finished (complete or
+pruned) trials, counted across workers and restarts. Settings not given on the command line are taken from the
+study when it exists, else from the machine's defaults (smaller on a CPU-only machine).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+import warnings
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+from optuna.trial import TrialState
+from sqlalchemy.exc import SQLAlchemyError
+from tqdm import tqdm
+
+from hpo.config import TrainConfig
+from hpo.data import load_cifar10, train_val_split
+from hpo.errors import ArgumentParser, HpoError, run_cli
+from hpo.objective import OBJECTIVE_NAME, Objective
+from hpo.space import SearchSpace
+from hpo.storage import default_storage_url, heartbeat, heartbeat_interval, open_storage
+from hpo.train import resolve_device
+
+SAMPLERS = ("tpe", "random", "gp", "cmaes")
+PRUNERS = ("hyperband", "asha", "median", "none")
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Trials that count towards --n-trials or are being run for it. (A WAITING trial is a queued retry: the next
+# ask() runs it, so it does not hold a slot.)
+TAKEN = (*FINISHED, TrialState.RUNNING)
+SETTINGS_ATTR = "hpo_settings"
+SAME_FAILURE_LIMIT = 3
+WAIT_POLL_S = 2.0
+
+# What a search uses when neither the command line nor an existing study says otherwise.
+# On a CPU: a narrower net, at most 5000 images and small batches (enough steps per epoch for epoch-1 pruning
+# decisions to mean something), so the default search takes minutes.
+GPU_DEFAULTS = {"n_trials": 50, "epochs": 10, "widths": (64, 256, 256), "train_subset": 0, "batch_size": 512}
+CPU_DEFAULTS = {"n_trials": 12, "epochs": 6, "widths": (32, 64, 128), "train_subset": 5000, "batch_size": 128}
+MACHINE_KEYS = ("epochs", "widths", "train_subset", "batch_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """What defines a study's search; stored with it so a resumed run searches the same thing."""
+
+    epochs: int
+    widths: tuple[int, int, int]
+    train_subset: int
+    batch_size: int
+    val_fraction: float
+    seed: int
+    sampler: str
+    pruner: str
+    space: dict[str, Any]
+
+    def base_config(self) -> TrainConfig:
+        return TrainConfig(
+            epochs=self.epochs, widths=self.widths, train_subset=self.train_subset, batch_size=self.batch_size
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "widths": list(self.widths)}
+
+
+def build_parser() -> ArgumentParser:
+    p = ArgumentParser(prog="python -m hpo.search", description=__doc__.splitlines()[0])
+    p.add_argument("--study-name", default="cifar10")
+    p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study-name>.db)")
+    p.add_argument("--n-trials", type=int, help="finished trials the study should have in total")
+    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument("--epochs", type=int, help="max epochs per trial (the pruning resource)")
+    p.add_argument("--widths", type=int, nargs=3, metavar="W", help="model widths of the three conv groups")
+    p.add_argument("--train-subset", type=int, help="train on only this many images (0 = all)")
+    p.add_argument("--batch-size", type=int, help="batch size when the space does not sample it")
+    p.add_argument("--val-fraction", type=float, help="validation share of the training set (default 0.1)")
+    p.add_argument("--space", type=Path, help="YAML/JSON file changing the search space")
+    p.add_argument("--sampler", choices=SAMPLERS, help="default tpe")
+    p.add_argument("--pruner", choices=PRUNERS, help="default hyperband")
+    p.add_argument("--seed", type=int, help="study seed (default 0)")
+    p.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default data/)")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--heartbeat", type=int, default=30, help="heartbeat seconds; a dead worker's trial is retried")
+    p.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)  # set on the processes --workers starts
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial lines replace Optuna's
+    # Heartbeat, metric names and fail_stale_trials are "experimental" in Optuna but are what we rely on;
+    # we run the heartbeat with ask/tell ourselves (hpo.storage.heartbeat), which Optuna warns about.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    _check_counts(args)
+    device = resolve_device(args.device)
+    space = SearchSpace.load(args.space) if args.space else None
+    storage_url = args.storage or default_storage_url(args.study_name)
+    storage = open_storage(storage_url, heartbeat_interval=args.heartbeat or None)
+    is_worker = args.worker_id is not None
+
+    existing = _existing_settings(storage, args.study_name)
+    defaults = CPU_DEFAULTS if device.type == "cpu" else GPU_DEFAULTS
+    settings = _resolve_settings(args, space, existing, defaults)
+    n_trials = args.n_trials or defaults["n_trials"]
+    if not is_worker:
+        if existing is None and device.type == "cpu":
+            print(
+                f"no GPU: CPU defaults ({n_trials} trials x up to {settings.epochs} epochs, widths "
+                f"{'/'.join(map(str, settings.widths))}, batch {settings.batch_size}, at most {settings.train_subset} "
+                "training images); --n-trials/--epochs/--widths/--batch-size/--train-subset change them",
+                flush=True,
+            )
+        print(f"study {args.study_name!r} in {storage_url}", flush=True)
+
+    study = _create_or_load_study(storage, args.study_name, settings, existing)
+    data = load_cifar10(args.data_dir)
+    started = time.perf_counter()
+
+    if args.workers > 1 and not is_worker:
+        code = _run_workers(argv, args.workers, device, study, n_trials)
+    else:
+        train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
+        objective = Objective(
+            space=SearchSpace.from_dict(settings.space, source="stored search space"),
+            base=settings.base_config(),
+            train_data=train_split.first(settings.train_subset).to(device),
+            val_data=val_split.to(device),
+            device=device,
+            study_seed=settings.seed,
+        )
+        worker = args.worker_id or 0
+        study.sampler = _make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))
+        code = run_worker(
+            study, objective, n_trials, args.timeout, tag=f"w{worker}" if is_worker else "", bar=not is_worker
+        )
+    if not is_worker:
+        print_summary(study, settings, time.perf_counter() - started)
+    return code
+
+
+def _check_counts(args) -> None:
+    for name, minimum in (
+        ("n_trials", 1),
+        ("epochs", 1),
+        ("workers", 1),
+        ("batch_size", 1),
+        ("heartbeat", 0),
+        ("train_subset", 0),
+    ):
+        value = getattr(args, name)
+        if value is not None and value < minimum:
+            raise HpoError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+    if args.timeout is not None and args.timeout <= 0:
+        raise HpoError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+
+
+def _existing_settings(storage: optuna.storages.BaseStorage, name: str) -> dict | None:
+    try:
+        study_id = storage.get_study_id_from_name(name)
+    except KeyError:
+        return None
+    return storage.get_study_user_attrs(study_id).get(SETTINGS_ATTR, {})
+
+
+def _resolve_settings(args, space: SearchSpace | None, existing: dict | None, defaults: dict) -> Settings:
+    """Command line > the existing study's stored settings > machine defaults; conflicts are errors."""
+    given = {
+        "epochs": args.epochs,
+        "widths": tuple(args.widths) if args.widths else None,
+        "train_subset": args.train_subset,
+        "batch_size": args.batch_size,
+        "val_fraction": args.val_fraction,
+        "seed": args.seed,
+        "sampler": args.sampler,
+        "pruner": args.pruner,
+        "space": space.describe() if space else None,
+    }
+    fallback = {
+        **{k: defaults[k] for k in MACHINE_KEYS},
+        "val_fraction": 0.1,
+        "seed": 0,
+        "sampler": "tpe",
+        "pruner": "hyperband",
+        "space": SearchSpace.default().describe(),
+    }
+    stored = dict(existing or {})
+    if "widths" in stored:
+        stored["widths"] = tuple(stored["widths"])
+    values = {k: given[k] if given[k] is not None else stored.get(k, fallback[k]) for k in fallback}
+    differs = [k for k in (*MACHINE_KEYS, "val_fraction", "space") if k in stored and stored[k] != values[k]]
+    if differs:
+        detail = "; ".join(f"{k}: study has {stored[k]}, now {values[k]}" for k in differs)
+        raise HpoError(
+            f"study {args.study_name!r} exists with a different search ({detail}): "
+            f"drop those options to continue it, or pass a new --study-name"
+        )
+    if not 0 < values["val_fraction"] < 1:
+        raise HpoError(f"--val-fraction must be in (0, 1), got {values['val_fraction']}")
+    settings = Settings(**values)
+    try:
+        settings.base_config()
+    except HpoError as err:
+        raise HpoError(f"invalid search settings: {err}") from None
+    return settings
+
+
+def _create_or_load_study(storage, name: str, settings: Settings, existing: dict | None) -> optuna.Study:
+    # Several hosts may create the same study at once; a lost race on the schema is worth one retry.
+    for attempt in range(3):
+        try:
+            study = optuna.create_study(
+                storage=storage,
+                study_name=name,
+                direction="maximize",
+                load_if_exists=True,
+                sampler=_make_sampler(settings, 0, 0),
+                pruner=_make_pruner(settings),
+            )
+            break
+        except SQLAlchemyError:
+            if attempt == 2:
+                raise
+            time.sleep(0.5 + attempt)
+    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
+        raise HpoError(
+            f"study {name!r} exists but minimizes its objective; hpo maximizes {OBJECTIVE_NAME}: "
+            "pass a new --study-name"
+        )
+    if not existing:
+        study.set_user_attr(SETTINGS_ATTR, settings.to_json())
+        study.set_metric_names([OBJECTIVE_NAME])
+    return study
+
+
+def _make_sampler(settings: Settings, worker: int, n_existing: int) -> optuna.samplers.BaseSampler:
+    # Offset by worker and by the trials already there: workers don't draw the same points, and a resumed
+    # run doesn't replay the random start-up points of the first run.
+    seed = settings.seed + 7919 * worker + n_existing
+    if settings.sampler == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if settings.sampler == "gp":
+        return optuna.samplers.GPSampler(seed=seed)
+    if settings.sampler == "cmaes":
+        return optuna.samplers.CmaEsSampler(seed=seed, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed)
+
+
+def _make_pruner(settings: Settings) -> optuna.pruners.BasePruner:
+    if settings.pruner == "hyperband":
+        return optuna.pruners.HyperbandPruner(min_resource=1, max_resource=settings.epochs, reduction_factor=3)
+    if settings.pruner == "asha":
+        return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
+    if settings.pruner == "median":
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+    return optuna.pruners.NopPruner()
+
+
+def run_worker(
+    study: optuna.Study, objective: Objective, n_trials: int, timeout: float | None, tag: str = "", bar: bool = True
+) -> int:
+    """Run trials until the study has ``n_trials`` finished (complete or pruned) trials, or ``timeout`` passes.
+
+    Uses ask/tell rather than ``optimize`` so a trial that turns out surplus (another worker took the last
+    slot at the same moment) goes back to the queue untouched instead of becoming a failed or extra trial.
+    """
+    start = time.perf_counter()
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    progress = tqdm(total=n_trials, initial=min(finished, n_trials), unit="trial", disable=not bar, dynamic_ncols=True)
+    failures: list[str] = []
+    has_heartbeat = bool(heartbeat_interval(study._storage))
+    with progress, _sigterm_as_interrupt():
+        while timeout is None or time.perf_counter() - start < timeout:
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and re-queued for retry
+            if len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
+                break
+            if len(study.get_trials(deepcopy=False, states=TAKEN)) >= n_trials:
+                if not has_heartbeat:
+                    break  # nothing could tell a dead worker's trial from a slow one
+                # Other workers hold the last trials; wait in case one of them dies and its trial is retried.
+                time.sleep(WAIT_POLL_S)
+                continue
+            trial = study.ask()
+            if _is_surplus(study, trial, n_trials):
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+                continue
+            state, error = _run_trial(study, trial, objective)
+            frozen = study._storage.get_trial(trial._trial_id)
+            progress.write(_trial_line(frozen, tag))
+            progress.n = min(n_trials, len(study.get_trials(deepcopy=False, states=FINISHED)))
+            progress.refresh()
+            failures = failures + [error] if state == TrialState.FAIL else []
+            if len(failures) >= SAME_FAILURE_LIMIT and len(set(failures[-SAME_FAILURE_LIMIT:])) == 1:
+                raise HpoError(
+                    f"{SAME_FAILURE_LIMIT} trials in a row failed with the same error ({failures[-1]}); "
+                    "stopping instead of burning the budget: see the trials' fail_reason attribute"
+                )
+    return 0
+
+
+def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    earlier = [t for t in study.get_trials(deepcopy=False, states=TAKEN) if t.number < trial.number]
+    return len(earlier) >= n_trials
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> tuple[TrialState, str]:
+    """Run one trial to a told state; Ctrl-C marks it FAIL (interrupted) and propagates."""
+    with heartbeat(study._storage, trial._trial_id):
+        try:
+            value = objective(trial)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED, ""
+        except KeyboardInterrupt:
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); rerun the command to continue")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as err:  # noqa: BLE001 - one trial's error must not end the study
+            trial.set_user_attr("fail_reason", traceback.format_exc()[-4000:])
+            study.tell(trial, state=TrialState.FAIL)
+            return TrialState.FAIL, f"{type(err).__name__}: {err}"
+    study.tell(trial, value)
+    return TrialState.COMPLETE, ""
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C so a terminated worker records its running trial before exiting."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _trial_line(t: optuna.trial.FrozenTrial, tag: str) -> str:
+    config = t.user_attrs.get("config", {})
+    value = f"val {t.value:.4f}" if t.value is not None else "val   -   "
+    params = (
+        f"lr {config.get('lr', float('nan')):.3g} mom {config.get('momentum', float('nan')):.2f} "
+        f"wd {config.get('weight_decay', float('nan')):.2g} drop {config.get('dropout', float('nan')):.2f} "
+        f"{config.get('augmentation', '?')}/{config.get('scheduler', '?')}"
+    )
+    seconds = t.user_attrs.get("wall_seconds", 0.0)
+    prefix = f"[{tag}] " if tag else ""
+    epochs = t.user_attrs.get("epochs_run", 0)
+    return f"{prefix}trial {t.number:3d} {t.state.name:<8} {value}  {params}  {epochs} ep  {seconds:.1f}s"
+
+
+def _run_workers(argv: list[str], workers: int, device: torch.device, study: optuna.Study, n_trials: int) -> int:
+    """Start ``workers`` copies of this command as worker processes; show one progress bar over the study."""
+    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    procs = []
+    for i in range(workers):
+        env = dict(os.environ)
+        if gpus > 1:
+            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
+        procs.append(subprocess.Popen([sys.executable, "-m", "hpo.search", *argv, "--worker-id", str(i)], env=env))
+    finished = lambda: len(study.get_trials(deepcopy=False, states=FINISHED))  # noqa: E731
+    with tqdm(total=n_trials, initial=min(n_trials, finished()), unit="trial", dynamic_ncols=True) as progress:
+        try:
+            while any(p.poll() is None for p in procs):
+                time.sleep(1.0)
+                progress.n = min(n_trials, finished())
+                progress.refresh()
+        except KeyboardInterrupt:
+            # The workers got the same Ctrl-C; let them record their running trials as failed.
+            for p in procs:
+                p.wait()
+            raise
+        progress.n = min(n_trials, finished())
+    codes = [p.returncode for p in procs]
+    if any(codes):
+        raise HpoError(f"worker exit codes {codes}: see the lines above")
+    return 0
+
+
+def print_summary(study: optuna.Study, settings: Settings, seconds: float) -> None:
+    trials = study.get_trials(deepcopy=False)
+    counts = Counter(t.state.name for t in trials)
+    finished = [t for t in trials if t.state in FINISHED]
+    epochs_run = sum(t.user_attrs.get("epochs_run", 0) for t in finished)
+    full = len(finished) * settings.epochs
+    print(
+        f"\nstudy {study.study_name}: "
+        + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
+        + f"; this run {seconds:.0f}s"
+    )
+    if full:
+        print(
+            f"epochs run {epochs_run} of {full} without pruning: "
+            f"pruning saved {full - epochs_run} ({1 - epochs_run / full:.0%})"
+        )
+    try:
+        best = study.best_trial
+    except ValueError:
+        print("no completed trial yet")
+        return
+    print(f"best trial {best.number}: {OBJECTIVE_NAME} {best.value:.4f}")
+    for key, value in best.user_attrs.get("config", best.params).items():
+        print(f"  {key}: {value}")
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

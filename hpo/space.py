@@ -1,0 +1,192 @@
+"""The search space: which hyperparameters a trial samples, over which ranges, and how they become a config.
+
+Learning rate and weight decay are sampled in airbench's decoupled units, which keep the parameters nearly
+independent of each other and of batch size and momentum (good for TPE):
+
+- ``lr_decoupled`` is the step size per 1024 examples on a *summed* loss, with the momentum gain divided out;
+- ``wd_decoupled`` is the weight decay per 1024 examples, decoupled from the learning rate.
+
+``to_sgd`` converts them to plain PyTorch SGD values (mean loss, coupled weight decay) for ``TrainConfig``.
+airbench94's tuned values (lr 11.5, wd 0.0153, momentum 0.85, batch 1024, label smoothing 0.2) lie inside the
+default ranges; in SGD terms they are lr 1.5 and weight_decay 0.00133.
+
+A space file (YAML or JSON) changes the defaults per parameter::
+
+    lr_decoupled: {low: 1, high: 30}      # new range (log scale kept)
+    momentum: 0.9                         # fix a value
+    dropout: null                         # drop: not sampled, the base config's value is used
+    augmentation: {choices: [flip, flip_translate]}
+    label_smoothing: {low: 0.0, high: 0.3}   # turn on an optional extra
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import yaml
+
+from hpo.config import AUGMENTATIONS, SCHEDULERS, ConfigError, TrainConfig
+from hpo.errors import HpoError
+
+
+@dataclass(frozen=True)
+class Float:
+    low: float
+    high: float
+    log: bool = False
+
+
+@dataclass(frozen=True)
+class Choice:
+    choices: tuple
+
+
+Param = Float | Choice
+
+DEFAULT_SPACE: dict[str, Param] = {
+    "lr_decoupled": Float(0.5, 32.0, log=True),
+    "wd_decoupled": Float(1e-4, 0.1, log=True),
+    "momentum": Float(0.6, 0.95),
+    "dropout": Float(0.0, 0.5),
+    "augmentation": Choice(AUGMENTATIONS),
+    "scheduler": Choice(SCHEDULERS),
+}
+# Off unless a space file gives them a range or choices; then sampled like the others.
+OPTIONAL: dict[str, Param] = {
+    "label_smoothing": Float(0.0, 0.3),
+    "batch_size": Choice((256, 512, 1024)),
+}
+KNOWN = (*DEFAULT_SPACE, *OPTIONAL)
+
+
+class SpaceError(HpoError):
+    """The space file is unreadable or describes an invalid space."""
+
+
+def to_sgd(lr_decoupled: float, wd_decoupled: float, momentum: float, batch_size: int) -> tuple[float, float]:
+    """airbench's decoupled (lr, wd) -> (SGD lr on the mean loss, SGD coupled weight_decay)."""
+    kilostep = 1024 * (1 + 1 / (1 - momentum))
+    lr = lr_decoupled * batch_size / kilostep
+    return lr, wd_decoupled / lr_decoupled
+
+
+def from_sgd(lr: float, weight_decay: float, momentum: float, batch_size: int) -> tuple[float, float]:
+    """Inverse of ``to_sgd``."""
+    kilostep = 1024 * (1 + 1 / (1 - momentum))
+    lr_decoupled = lr * kilostep / batch_size
+    return lr_decoupled, weight_decay * lr_decoupled
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    sampled: dict[str, Param]
+    fixed: dict[str, Any]
+
+    @classmethod
+    def default(cls) -> SearchSpace:
+        return cls(dict(DEFAULT_SPACE), {})
+
+    @classmethod
+    def load(cls, path: str | Path | None) -> SearchSpace:
+        """The default space with a file's changes applied; ``None`` gives the default space."""
+        if path is None:
+            return cls.default()
+        path = Path(path)
+        try:
+            text = path.read_text()
+            data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        except OSError as err:
+            raise SpaceError(f"cannot read space file {path}: {err.strerror}") from None
+        except (json.JSONDecodeError, yaml.YAMLError) as err:
+            raise SpaceError(f"space file {path} is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
+        return cls.from_dict(data or {}, source=str(path))
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "space") -> SearchSpace:
+        if not isinstance(data, dict):
+            raise SpaceError(f"{source}: expected a mapping of parameter names, got {type(data).__name__}")
+        unknown = sorted(set(data) - set(KNOWN))
+        if unknown:
+            raise SpaceError(f"{source}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(KNOWN)}")
+        sampled, fixed = dict(DEFAULT_SPACE), {}
+        for name, spec in data.items():
+            sampled.pop(name, None)
+            if spec is None or spec is False:
+                continue
+            if isinstance(spec, dict):
+                sampled[name] = _parse_param(name, spec, source)
+            else:
+                fixed[name] = spec
+        space = cls(sampled, fixed)
+        space.check(source)
+        return space
+
+    def check(self, source: str = "space") -> None:
+        """Reject values no config can take, by building a config from each range end and each fixed value."""
+        probes = [dict(self.fixed)]
+        for name, param in self.sampled.items():
+            ends = [param.low, param.high] if isinstance(param, Float) else list(param.choices)
+            probes += [{**self.fixed, name: v} for v in ends]
+        for probe in probes:
+            try:
+                self.to_config(probe, TrainConfig())
+            except (ConfigError, ZeroDivisionError, TypeError) as err:
+                raise SpaceError(f"{source}: {err}") from None
+
+    def suggest(self, trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
+        values = {}
+        for name, p in self.sampled.items():
+            if isinstance(p, Float):
+                values[name] = trial.suggest_float(name, p.low, p.high, log=p.log)
+            else:
+                values[name] = trial.suggest_categorical(name, list(p.choices))
+        return self.to_config({**self.fixed, **values}, base)
+
+    @staticmethod
+    def to_config(values: dict[str, Any], base: TrainConfig) -> TrainConfig:
+        """Space values (decoupled units) over a base config -> a validated config."""
+        values = dict(values)
+        batch_size = values.pop("batch_size", base.batch_size)
+        momentum = values.pop("momentum", base.momentum)
+        lr_d, wd_d = from_sgd(base.lr, base.weight_decay, base.momentum, base.batch_size)
+        lr_d, wd_d = values.pop("lr_decoupled", lr_d), values.pop("wd_decoupled", wd_d)
+        if not (isinstance(lr_d, (int, float)) and lr_d > 0 and isinstance(momentum, (int, float)) and momentum < 1):
+            raise ConfigError(f"lr_decoupled must be > 0 and momentum < 1, got {lr_d!r} and {momentum!r}")
+        lr, wd = to_sgd(lr_d, wd_d, momentum, batch_size)
+        changes = {**values, "lr": lr, "weight_decay": wd, "momentum": momentum, "batch_size": batch_size}
+        return TrainConfig.from_dict({**base.to_dict(), **changes}, source="search space")
+
+    def describe(self) -> dict[str, Any]:
+        """The space in space-file form (``from_dict(describe())`` gives it back); stored with the study."""
+        out: dict[str, Any] = {name: None for name in DEFAULT_SPACE}
+        for name, p in self.sampled.items():
+            out[name] = {"choices": list(p.choices)} if isinstance(p, Choice) else dataclasses.asdict(p)
+        out.update(self.fixed)
+        return out
+
+
+def _parse_param(name: str, spec: dict[str, Any], source: str) -> Param:
+    default = DEFAULT_SPACE.get(name) or OPTIONAL[name]
+    if isinstance(default, Choice):
+        if set(spec) != {"choices"} or not isinstance(spec["choices"], list) or not spec["choices"]:
+            raise SpaceError(f"{source}: {name} takes {{choices: [...]}} with at least one value, got {spec}")
+        return Choice(tuple(spec["choices"]))
+    extra = set(spec) - {"low", "high", "log"}
+    if extra:
+        raise SpaceError(f"{source}: {name} takes low, high and log, not {', '.join(sorted(extra))}")
+    low, high = spec.get("low", default.low), spec.get("high", default.high)
+    log = spec.get("log", default.log)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+        raise SpaceError(f"{source}: {name} low/high must be numbers, got {low!r} and {high!r}")
+    if not isinstance(log, bool):
+        raise SpaceError(f"{source}: {name}.log must be true or false, got {log!r}")
+    if not low < high:
+        raise SpaceError(f"{source}: {name} needs low < high, got low={low} high={high}")
+    if log and low <= 0:
+        raise SpaceError(f"{source}: {name} is on a log scale, so low must be > 0 (got {low})")
+    return Float(float(low), float(high), log)

@@ -1,0 +1,137 @@
+"""Open an Optuna storage from a URL, set up for several writers and a live reader.
+
+- ``sqlite:///path.db``: WAL journal (readers such as the dashboard never block writers, and it persists in the
+  file) plus a long busy timeout, so concurrent workers wait for the write lock instead of failing.
+- ``postgresql://...`` / ``mysql://...``: Optuna's RDB storage; this is how several hosts share one study.
+- ``journal:path.log``: Optuna's journal file storage.
+
+RDB storages get Optuna's heartbeat: a trial whose worker died (SIGKILL, power loss) is failed once its heartbeat
+is stale and re-queued with the same parameters by ``RetryHeartbeatStaleTrialCallback``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sqlite3
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import optuna
+from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+
+from hpo.errors import HpoError
+
+SQLITE_BUSY_TIMEOUT_S = 120
+MAX_RETRY = 3
+SCHEMA_RETRIES = 4
+
+
+def default_storage_url(study_name: str, studies_dir: str | Path = "studies") -> str:
+    return f"sqlite:///{Path(studies_dir) / f'{study_name}.db'}"
+
+
+def open_storage(url: str, heartbeat_interval: int | None = 30) -> BaseStorage:
+    """An Optuna storage for ``url``; a malformed or unreachable URL is an ``HpoError`` naming the problem."""
+    if url.startswith("journal:"):
+        return _journal(url.removeprefix("journal:").removeprefix("//"))
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        raise HpoError(
+            f"malformed storage URL {url!r}: use sqlite:///path.db, postgresql://user@host/db or journal:path.log"
+        ) from None
+    engine_kwargs: dict = {}
+    if parsed.get_backend_name() == "sqlite":
+        if not parsed.database:
+            raise HpoError(f"storage URL {url!r} names no database file: use sqlite:///studies/NAME.db")
+        _prepare_sqlite(Path(parsed.database))
+        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+    heartbeat = {}
+    if heartbeat_interval:
+        heartbeat = {
+            "heartbeat_interval": heartbeat_interval,
+            "grace_period": 3 * heartbeat_interval,
+            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+        }
+    for attempt in range(SCHEMA_RETRIES):
+        try:
+            with warnings.catch_warnings():
+                # Optuna still labels heartbeat "experimental"; it is the mechanism we rely on.
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
+        except IntegrityError as err:
+            # Another host created the tables at the same moment (PostgreSQL's catalog collides): retry.
+            error: Exception = err
+            time.sleep(0.5 * (attempt + 1))
+        except (SQLAlchemyError, ImportError, ValueError) as err:
+            error = err
+            break
+    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    raise HpoError(f"cannot open storage {_redact(url)}: {reason}")
+
+
+def _prepare_sqlite(path: Path) -> None:
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
+            conn.execute("PRAGMA journal_mode=WAL")
+    except (OSError, sqlite3.Error) as err:
+        raise HpoError(
+            f"cannot open SQLite study file {path} ({err}): check that {path.parent} exists and is writable, "
+            "or pass --storage with another location"
+        ) from None
+
+
+def _journal(path: str) -> BaseStorage:
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    try:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        return JournalStorage(JournalFileBackend(path))
+    except OSError as err:
+        raise HpoError(f"cannot open journal file {path}: {err.strerror}") from None
+
+
+def _redact(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return url
+
+
+def heartbeat_interval(storage: BaseStorage) -> int | None:
+    """The storage's heartbeat interval, or None. Duck-typed: Optuna wraps RDB storages in a caching layer."""
+    getter = getattr(storage, "get_heartbeat_interval", None)
+    return getter() if getter else None
+
+
+@contextmanager
+def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
+    """Record the trial's heartbeat in the background while the body runs (what ``Study.optimize`` does)."""
+    interval = heartbeat_interval(storage)
+    if not interval:
+        yield
+        return
+    stop = threading.Event()
+
+    def beat() -> None:
+        while True:
+            # A missed beat is harmless; only a run of them (the grace period) makes the trial stale.
+            with contextlib.suppress(SQLAlchemyError):
+                storage.record_heartbeat(trial_id)
+            if stop.wait(interval):
+                return
+
+    thread = threading.Thread(target=beat, name=f"heartbeat-{trial_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()

@@ -1,0 +1,58 @@
+import optuna
+import pytest
+import torch
+
+from hpo.config import TrainConfig
+from hpo.data import load_cifar10, train_val_split
+from hpo.objective import Objective, trial_seed
+from hpo.space import SearchSpace
+
+BASE = TrainConfig(widths=(8, 16, 16), stem_width=8, batch_size=16, epochs=3)
+
+
+class AlwaysPrune(optuna.pruners.BasePruner):
+    def prune(self, study, trial):
+        return True
+
+
+@pytest.fixture
+def objective(tiny_data_dir):
+    train_split, val_split = train_val_split(load_cifar10(tiny_data_dir, download=False).train, 0.2)
+    space = SearchSpace.from_dict({"augmentation": "flip", "scheduler": "cosine"})
+    return Objective(space, BASE, train_split, val_split, torch.device("cpu"), study_seed=7)
+
+
+def test_completed_trial_reports_every_epoch_and_stores_attributes(objective):
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.COMPLETE
+    assert sorted(trial.intermediate_values) == [1, 2, 3]
+    attrs = trial.user_attrs
+    assert attrs["val_acc_curve"] == pytest.approx([trial.intermediate_values[e] for e in (1, 2, 3)], abs=1e-6)
+    assert attrs["epochs_run"] == 3 and attrs["device"] == "cpu" and attrs["seed"] == trial_seed(7, 0)
+    assert attrs["train_seconds"] > 0 and attrs["images_per_second"] > 0
+    assert TrainConfig.from_dict(attrs["config"]).augmentation == "flip"
+    assert trial.value == pytest.approx(attrs["val_acc_curve"][-1], abs=1e-6)
+
+
+def test_pruned_trial_stops_after_the_first_report_and_keeps_its_curve(objective):
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    study.optimize(objective, n_trials=1)
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.PRUNED
+    assert list(trial.intermediate_values) == [1]
+    assert trial.user_attrs["epochs_run"] == 1 and len(trial.user_attrs["val_acc_curve"]) == 1
+    assert trial.user_attrs["stop_reason"] == "pruned after epoch 1"
+
+
+def test_objective_raises_trial_pruned(objective):
+    study = optuna.create_study(direction="maximize", pruner=AlwaysPrune())
+    with pytest.raises(optuna.TrialPruned):
+        objective(study.ask())
+
+
+def test_trial_seeds_differ_by_trial_and_study():
+    seeds = {trial_seed(s, n) for s in range(3) for n in range(50)}
+    assert len(seeds) == 150
+    assert trial_seed(0, 5) == trial_seed(0, 5)

@@ -1,0 +1,112 @@
+import optuna
+import pytest
+
+from hpo.config import TrainConfig
+from hpo.space import DEFAULT_SPACE, OPTIONAL, Choice, Float, SearchSpace, SpaceError, from_sgd, to_sgd
+
+AIRBENCH = {"lr_decoupled": 11.5, "wd_decoupled": 0.0153, "momentum": 0.85, "label_smoothing": 0.2}
+
+
+def contains(param, value):
+    return param.low <= value <= param.high if isinstance(param, Float) else value in param.choices
+
+
+def test_airbench94_values_convert_to_plain_sgd_and_back():
+    lr, wd = to_sgd(11.5, 0.0153, 0.85, 1024)
+    assert lr == pytest.approx(1.5, rel=1e-3) and wd == pytest.approx(0.00133, rel=1e-2)
+    assert from_sgd(lr, wd, 0.85, 1024) == pytest.approx((11.5, 0.0153))
+
+
+def test_default_ranges_contain_airbench94_and_our_default_config():
+    space = {**DEFAULT_SPACE, **OPTIONAL}
+    for name, value in AIRBENCH.items():
+        assert contains(space[name], value), name
+    assert contains(OPTIONAL["batch_size"], 1024)
+    base = TrainConfig()
+    lr_d, wd_d = from_sgd(base.lr, base.weight_decay, base.momentum, base.batch_size)
+    assert contains(DEFAULT_SPACE["lr_decoupled"], lr_d) and contains(DEFAULT_SPACE["wd_decoupled"], wd_d)
+
+
+def test_suggest_samples_every_default_parameter_and_converts_units():
+    space = SearchSpace.default()
+    trial = optuna.trial.FixedTrial(
+        {
+            "lr_decoupled": 11.5,
+            "wd_decoupled": 0.0153,
+            "momentum": 0.85,
+            "dropout": 0.1,
+            "augmentation": "flip",
+            "scheduler": "cosine",
+        }
+    )
+    config = space.suggest(trial, TrainConfig(batch_size=1024))
+    assert config.lr == pytest.approx(1.5, rel=1e-3) and config.weight_decay == pytest.approx(0.00133, rel=1e-2)
+    assert (config.momentum, config.dropout, config.augmentation, config.scheduler) == (0.85, 0.1, "flip", "cosine")
+
+
+def test_sampled_configs_stay_inside_the_ranges():
+    space = SearchSpace.default()
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    for _ in range(30):
+        trial = study.ask()
+        space.suggest(trial, TrainConfig())
+        for name, value in trial.params.items():
+            assert contains(DEFAULT_SPACE[name], value)
+        study.tell(trial, 0.0)
+
+
+def test_space_file_overrides_fixes_drops_and_enables(tmp_path):
+    path = tmp_path / "space.yaml"
+    path.write_text(
+        "lr_decoupled: {low: 2, high: 20}\n"
+        "momentum: 0.9\n"
+        "dropout: null\n"
+        "augmentation: {choices: [flip, flip_translate]}\n"
+        "label_smoothing: {low: 0.0, high: 0.3}\n"
+        "batch_size: {choices: [128, 256]}\n"
+    )
+    space = SearchSpace.load(path)
+    assert space.sampled["lr_decoupled"] == Float(2.0, 20.0, log=True)
+    assert space.fixed == {"momentum": 0.9}
+    assert "dropout" not in space.sampled and "momentum" not in space.sampled
+    assert space.sampled["augmentation"] == Choice(("flip", "flip_translate"))
+    assert "label_smoothing" in space.sampled and "batch_size" in space.sampled
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=1)).ask()
+    config = space.suggest(trial, TrainConfig(dropout=0.25))
+    assert config.momentum == 0.9 and config.dropout == 0.25
+    assert "momentum" not in trial.params and "dropout" not in trial.params
+    assert config.batch_size in (128, 256)
+
+
+def test_describe_round_trips():
+    space = SearchSpace.from_dict({"momentum": 0.9, "dropout": None, "label_smoothing": {"low": 0, "high": 0.2}})
+    again = SearchSpace.from_dict(space.describe())
+    assert again == space
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("learning_rate: {low: 1, high: 2}\n", "unknown parameter"),
+        ("lr_decoupled: {low: 5, high: 1}\n", "low < high"),
+        ("wd_decoupled: {low: 0, high: 0.1}\n", "log scale"),
+        ("lr_decoupled: {low: 1, hi: 2}\n", "takes low, high and log"),
+        ("lr_decoupled: {low: a, high: 2}\n", "must be numbers"),
+        ("augmentation: {choices: [flip, mixup]}\n", "augmentation must be one of"),
+        ("scheduler: {choices: []}\n", "at least one value"),
+        ("momentum: 1.5\n", "momentum"),
+        ("dropout: {low: 0.0, high: 1.5}\n", "dropout must be in"),
+        ("lr_decoupled: [1, 2\n", "not valid YAML/JSON"),
+        ("- 1\n- 2\n", "expected a mapping"),
+    ],
+)
+def test_invalid_space_files_are_rejected(tmp_path, text, message):
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(SpaceError, match=message):
+        SearchSpace.load(path)
+
+
+def test_missing_space_file(tmp_path):
+    with pytest.raises(SpaceError, match="cannot read space file"):
+        SearchSpace.load(tmp_path / "nope.yaml")
