@@ -7,6 +7,7 @@ included, so the study file is the system of record.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import optuna
 import torch
@@ -17,10 +18,12 @@ from hpo.space import SearchSpace
 from hpo.train import EpochStats, TrainResult, train
 
 OBJECTIVE_NAME = "validation accuracy"
+SETTINGS_ATTR = "hpo_settings"  # study user attribute holding the search settings
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
-    """A per-trial seed from the study seed and trial number: a single-worker study replays exactly."""
+    """A per-trial seed from the study seed and trial number: a single-worker study replays exactly.
+    A retried trial keeps the seed of the trial it retries."""
     return (study_seed * 1_000_003 + trial_number) % 2**31
 
 
@@ -32,12 +35,18 @@ class Objective:
     val_data: Split
     device: torch.device
     study_seed: int = 0
+    checkpoint_dir: Path | None = None  # per-epoch checkpoints, so a retried trial resumes where it died
 
-    def config_for(self, trial: optuna.Trial) -> TrainConfig:
-        return self.space.suggest(trial, self.base).replace(seed=trial_seed(self.study_seed, trial.number))
+    def config_for(self, trial: optuna.Trial, origin: int) -> TrainConfig:
+        return self.space.suggest(trial, self.base).replace(seed=trial_seed(self.study_seed, origin))
 
-    def __call__(self, trial: optuna.Trial) -> float:
-        config = self.config_for(trial)
+    def checkpoint_path(self, origin: int) -> Path | None:
+        return self.checkpoint_dir / f"trial-{origin}.pt" if self.checkpoint_dir else None
+
+    def __call__(self, trial: optuna.Trial, origin: int | None = None) -> float:
+        """Train the trial's config. ``origin`` is the number of the trial this one retries (seed + checkpoint)."""
+        origin = trial.number if origin is None else origin
+        config = self.config_for(trial, origin)
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("device", str(self.device))
@@ -46,7 +55,14 @@ class Objective:
             trial.report(stats.val_acc, stats.epoch)
             return trial.should_prune()  # True stops training; we raise TrialPruned once it has returned
 
-        result = train(config, self.train_data, self.val_data, self.device, on_epoch=report_and_ask)
+        result = train(
+            config,
+            self.train_data,
+            self.val_data,
+            self.device,
+            on_epoch=report_and_ask,
+            checkpoint=self.checkpoint_path(origin),
+        )
         _record(trial, result)
         if result.diverged:
             reason = f"diverged: training loss became NaN/inf in epoch {result.epochs_run}"

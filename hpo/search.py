@@ -23,6 +23,7 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
@@ -30,9 +31,12 @@ from tqdm import tqdm
 from hpo.config import TrainConfig
 from hpo.data import load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
-from hpo.objective import OBJECTIVE_NAME, Objective
+from hpo.export import dump, export_document, ranked_trials
+from hpo.objective import OBJECTIVE_NAME, SETTINGS_ATTR, Objective
+from hpo.report import write_report
+from hpo.retrain import default_seeds, retrain_study
 from hpo.space import SearchSpace
-from hpo.storage import default_storage_url, heartbeat, heartbeat_interval, open_storage
+from hpo.storage import RETRY_STALE, default_storage_url, files_dir, heartbeat, heartbeat_interval, open_storage
 from hpo.train import resolve_device
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
@@ -41,7 +45,6 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trials that count towards --n-trials or are being run for it. (A WAITING trial is a queued retry: the next
 # ask() runs it, so it does not hold a slot.)
 TAKEN = (*FINISHED, TrialState.RUNNING)
-SETTINGS_ATTR = "hpo_settings"
 SAME_FAILURE_LIMIT = 3
 WAIT_POLL_S = 2.0
 
@@ -95,6 +98,8 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
     p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
     p.add_argument("--heartbeat", type=int, default=30, help="heartbeat seconds; a dead worker's trial is retried")
+    p.add_argument("--no-retrain", action="store_true", help="skip retraining the best config and the report")
+    p.add_argument("--retrain-seeds", type=int, help="seeds per retrained config (default 3 on CPU, 5 on GPU)")
     p.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)  # set on the processes --workers starts
     return p
 
@@ -143,6 +148,7 @@ def main(argv: list[str] | None = None) -> int:
             val_data=val_split.to(device),
             device=device,
             study_seed=settings.seed,
+            checkpoint_dir=files_dir(storage_url) / f"{args.study_name}-checkpoints",
         )
         worker = args.worker_id or 0
         study.sampler = _make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))
@@ -151,7 +157,29 @@ def main(argv: list[str] | None = None) -> int:
         )
     if not is_worker:
         print_summary(study, settings, time.perf_counter() - started)
+        if not args.no_retrain:
+            finish_pipeline(study, storage_url, data, device, args.retrain_seeds)
     return code
+
+
+def finish_pipeline(study: optuna.Study, storage_url: str, data, device: torch.device, seeds: int | None) -> None:
+    """Retrain the best (and runner-up) config, export the best, and write the report: one command, whole job."""
+    ranked = ranked_trials(study)
+    if not ranked:
+        print("no completed trial: nothing to retrain or report yet")
+        return
+    print(
+        f"\nretraining the best config{' and the runner-up' if len(ranked) > 1 else ''} on train + validation, "
+        "scored on the test set (skip with --no-retrain)",
+        flush=True,
+    )
+    retrain_study(study, data, device, seeds or default_seeds(device), files_dir(storage_url))
+    out_dir = Path("reports") / study.study_name
+    write_report(study, out_dir)
+    (out_dir / "best-config.json").write_text(dump(export_document(study, ranked[0], storage_url), "json"))
+    print(
+        f"report: {out_dir}/summary.md (and summary.html, trials.csv, plots); best config: {out_dir}/best-config.json"
+    )
 
 
 def _check_counts(args) -> None:
@@ -299,7 +327,10 @@ def run_worker(
             if _is_surplus(study, trial, n_trials):
                 study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
                 continue
-            state, error = _run_trial(study, trial, objective)
+            origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(study._storage.get_trial(trial._trial_id))
+            origin = trial.number if origin is None else origin
+            state, error = _run_trial(study, trial, objective, origin)
+            _tidy_checkpoint(study, objective, trial.number, origin, state)
             frozen = study._storage.get_trial(trial._trial_id)
             progress.write(_trial_line(frozen, tag))
             progress.n = min(n_trials, len(study.get_trials(deepcopy=False, states=FINISHED)))
@@ -318,16 +349,18 @@ def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool
     return len(earlier) >= n_trials
 
 
-def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -> tuple[TrialState, str]:
-    """Run one trial to a told state; Ctrl-C marks it FAIL (interrupted) and propagates."""
+def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, origin: int) -> tuple[TrialState, str]:
+    """Run one trial to a told state. Ctrl-C marks it FAIL (interrupted), queues a retry that resumes from its
+    checkpoint, and propagates."""
     with heartbeat(study._storage, trial._trial_id):
         try:
-            value = objective(trial)
+            value = objective(trial, origin)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
             return TrialState.PRUNED, ""
         except KeyboardInterrupt:
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); rerun the command to continue")
+            RETRY_STALE(study, study._storage.get_trial(trial._trial_id))  # same as a dead worker's trial
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); the next run retries it")
             study.tell(trial, state=TrialState.FAIL)
             raise
         except Exception as err:  # noqa: BLE001 - one trial's error must not end the study
@@ -336,6 +369,19 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective) -
             return TrialState.FAIL, f"{type(err).__name__}: {err}"
     study.tell(trial, value)
     return TrialState.COMPLETE, ""
+
+
+def _tidy_checkpoint(study: optuna.Study, objective: Objective, number: int, origin: int, state: TrialState) -> None:
+    """Drop a finished trial's checkpoint, keeping the best completed trial's as ``best-trial.pt``.
+
+    (Trials that died or were interrupted never get here: their checkpoint stays for the retry.)"""
+    path = objective.checkpoint_path(origin)
+    if path is None or not path.exists():
+        return
+    if state == TrialState.COMPLETE and study.best_trial.number == number:
+        path.replace(path.with_name("best-trial.pt"))
+    else:
+        path.unlink(missing_ok=True)
 
 
 @contextlib.contextmanager

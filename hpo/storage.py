@@ -29,11 +29,22 @@ from hpo.errors import HpoError
 
 SQLITE_BUSY_TIMEOUT_S = 120
 MAX_RETRY = 3
+# Re-queues a trial whose worker died (or was interrupted) as a WAITING copy with the same parameters.
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+    RETRY_STALE = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 SCHEMA_RETRIES = 4
 
 
 def default_storage_url(study_name: str, studies_dir: str | Path = "studies") -> str:
     return f"sqlite:///{Path(studies_dir) / f'{study_name}.db'}"
+
+
+def files_dir(url: str) -> Path:
+    """Where a study's files (checkpoints, weights, artifacts) live: beside a SQLite file, else ``studies/``."""
+    if url.startswith("sqlite:///"):
+        return Path(make_url(url).database or "studies").parent
+    return Path("studies")
 
 
 def open_storage(url: str, heartbeat_interval: int | None = 30) -> BaseStorage:
@@ -57,7 +68,7 @@ def open_storage(url: str, heartbeat_interval: int | None = 30) -> BaseStorage:
         heartbeat = {
             "heartbeat_interval": heartbeat_interval,
             "grace_period": 3 * heartbeat_interval,
-            "heartbeat_stale_trial_callback": RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY),
+            "heartbeat_stale_trial_callback": RETRY_STALE,
         }
     for attempt in range(SCHEMA_RETRIES):
         try:
@@ -135,3 +146,18 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
     finally:
         stop.set()
         thread.join()
+
+
+def load_existing_study(study_name: str, url: str | None = None) -> optuna.Study:
+    """Load a study that must already exist (export, retrain, report); never creates an empty file or study."""
+    url = url or default_storage_url(study_name)
+    if url.startswith("sqlite:///"):
+        path = Path(make_url(url).database or "")
+        if not path.is_file():
+            raise HpoError(f"no study file {path}: run `python -m hpo.search --study-name {study_name}` first")
+    storage = open_storage(url, heartbeat_interval=None)
+    try:
+        return optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
+        raise HpoError(f"no study {study_name!r} in {_redact(url)} (studies there: {names})") from None

@@ -22,6 +22,7 @@ import yaml
 from torch import nn
 
 from hpo.augment import get_policy, normalize
+from hpo.checkpoint import history_to_dicts, load_checkpoint, restore_rng, rng_state, save_checkpoint
 from hpo.config import TrainConfig, load_config
 from hpo.data import Split, load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
@@ -125,10 +126,13 @@ def train(
     device: torch.device | str = "cpu",
     on_epoch: EpochCallback | None = None,
     batches: BatchSource | None = None,
+    checkpoint: Path | None = None,
 ) -> TrainResult:
     """Train ``config`` on ``train_data``, evaluating on ``eval_data`` after every epoch.
 
     ``batches`` replaces the on-device input pipeline (the benchmark passes a DataLoader through it).
+    With ``checkpoint``, state is saved there after every epoch, and a checkpoint already there for the same
+    config is resumed from: its epochs are replayed to ``on_epoch`` and training continues after them.
     """
     device = torch.device(device)
     torch.manual_seed(config.seed)
@@ -151,34 +155,46 @@ def train(
     loss_fn = nn.CrossEntropyLoss(label_smoothing=config.label_smoothing)
 
     history: list[EpochStats] = []
-    start = time.perf_counter()
+    restored = load_checkpoint(checkpoint, config.to_dict()) if checkpoint is not None else None
     train_seconds, images_seen = 0.0, 0
+    if restored is not None:
+        model.load_state_dict(restored["model"])
+        optimizer.load_state_dict(restored["optimizer"])
+        scheduler.load_state_dict(restored["scheduler"])
+        restore_rng(restored["rng"], gen, device)
+        train_seconds, images_seen = restored["train_seconds"], restored["images_seen"]
+    replay = [EpochStats(**h) for h in restored["history"]] if restored else []
+    start = time.perf_counter() - (replay[-1].elapsed if replay else 0.0)
     stopped_early = diverged = False
     for epoch in range(1, config.epochs + 1):
-        model.train()
-        epoch_start = time.perf_counter()
-        loss_sum = torch.zeros((), device=device)
-        n_seen = 0
-        for step, (x, y) in enumerate(batches(epoch)):
-            if step >= steps_per_epoch:
-                break  # keep the schedule exact even if a batch source yields more
-            with _autocast(device):
-                loss = loss_fn(model(_layout(x, device)), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * y.shape[0]  # stays on the device: no per-batch host sync
-            n_seen += y.shape[0]
-        train_loss = loss_sum.item() / max(1, n_seen)  # the one sync of the epoch
-        train_seconds += time.perf_counter() - epoch_start
-        images_seen += n_seen
-        val_acc, val_loss = evaluate(model, eval_data, device)
-        stats = EpochStats(
-            epoch, val_acc, val_loss, train_loss, time.perf_counter() - start, scheduler.get_last_lr()[0]
-        )
+        if epoch <= len(replay):
+            stats = replay[epoch - 1]  # trained before a crash: replayed so the caller sees every epoch once
+        else:
+            epoch_start = time.perf_counter()
+            train_loss, n_seen = _train_epoch(
+                model, batches(epoch), steps_per_epoch, optimizer, scheduler, loss_fn, device
+            )
+            train_seconds += time.perf_counter() - epoch_start
+            images_seen += n_seen
+            val_acc, val_loss = evaluate(model, eval_data, device)
+            lr = scheduler.get_last_lr()[0]
+            stats = EpochStats(epoch, val_acc, val_loss, train_loss, time.perf_counter() - start, lr)
+            if checkpoint is not None:
+                save_checkpoint(
+                    checkpoint,
+                    {
+                        "config": config.to_dict(),
+                        "model": model.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "rng": rng_state(gen, device),
+                        "history": history_to_dicts([*history, stats]),
+                        "train_seconds": train_seconds,
+                        "images_seen": images_seen,
+                    },
+                )
         history.append(stats)
-        diverged = not math.isfinite(train_loss)
+        diverged = not math.isfinite(stats.train_loss)
         stop = on_epoch(stats) if on_epoch is not None else False
         if diverged or (stop and epoch < config.epochs):
             stopped_early = True
@@ -199,6 +215,25 @@ def train(
         device=str(device),
         model=model,
     )
+
+
+def _train_epoch(model, batches, steps, optimizer, scheduler, loss_fn, device) -> tuple[float, int]:
+    """One pass over the batches; returns (mean training loss, images seen) with a single host sync."""
+    model.train()
+    loss_sum = torch.zeros((), device=device)
+    n_seen = 0
+    for step, (x, y) in enumerate(batches):
+        if step >= steps:
+            break  # keep the schedule exact even if a batch source yields more
+        with _autocast(device):
+            loss = loss_fn(model(_layout(x, device)), y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+        loss_sum += loss.detach() * y.shape[0]  # stays on the device: no per-batch host sync
+        n_seen += y.shape[0]
+    return loss_sum.item() / max(1, n_seen), n_seen
 
 
 def _autocast(device: torch.device):

@@ -10,7 +10,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-TINY = ["--widths", "8", "16", "16", "--batch-size", "16", "--train-subset", "0", "--device", "cpu"]
+TINY = ["--widths", "8", "16", "16", "--batch-size", "16", "--train-subset", "0", "--device", "cpu", "--no-retrain"]
 
 
 def search_cmd(*args: str) -> list[str]:

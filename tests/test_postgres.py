@@ -25,7 +25,7 @@ def test_server_is_real_postgres(postgres_url):  # noqa: F811
     assert database == "hpo_test"
 
 
-def test_two_search_processes_share_one_study(postgres_url, tiny_data_dir):  # noqa: F811
+def test_two_search_processes_share_one_study(postgres_url, tiny_data_dir, tmp_path):  # noqa: F811
     # Both start on an empty database at once, as two hosts would: schema creation races are retried.
     args = [
         "--storage",
@@ -41,7 +41,8 @@ def test_two_search_processes_share_one_study(postgres_url, tiny_data_dir):  # n
         *TINY,
     ]
     procs = [
-        subprocess.Popen(search_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+        subprocess.Popen(search_cmd(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path)
+        for _ in range(2)
     ]
     outputs = [p.communicate(timeout=300) for p in procs]
     for proc, (_, err) in zip(procs, outputs):

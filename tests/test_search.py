@@ -31,8 +31,9 @@ def test_search_runs_exactly_n_trials_and_resumes(tiny_data_dir, tmp_path):
 
 def test_resume_reuses_the_studys_settings_and_rejects_conflicts(tiny_data_dir, tmp_path):
     url = sqlite_url(tmp_path / "s.db")
-    base = ["--storage", url, "--data-dir", str(tiny_data_dir), "--device", "cpu"]
-    assert run_search(*base, "--n-trials", "1", "--epochs", "2", *TINY[:-2]).returncode == 0
+    base = ["--storage", url, "--data-dir", str(tiny_data_dir), "--device", "cpu", "--no-retrain"]
+    tiny_model = ["--widths", "8", "16", "16", "--batch-size", "16", "--train-subset", "0"]
+    assert run_search(*base, "--n-trials", "1", "--epochs", "2", *tiny_model).returncode == 0
     # No settings given: the stored ones (epochs 2, tiny widths) are used, not the CPU defaults.
     resumed = run_search(*base, "--n-trials", "2")
     assert resumed.returncode == 0, resumed.stderr
@@ -63,6 +64,14 @@ def test_ctrl_c_records_the_trial_and_the_next_run_continues(tiny_data_dir, tmp_
     again = run_search(*args, "--n-trials", "2")
     assert again.returncode == 0, again.stderr
     assert finished(url) == 2
+    # The interrupted trial was retried with the same parameters and resumed from its last epoch checkpoint:
+    # the epochs it had reported reappear unchanged at the start of the retry's curve.
+    study = optuna.load_study(study_name="cifar10", storage=url)
+    retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed[0].number]
+    assert len(retry) == 1 and retry[0].params == failed[0].params
+    done = failed[0].intermediate_values
+    assert done and all(retry[0].intermediate_values[e] == v for e, v in done.items())
+    assert not list((tmp_path / "studies").glob("cifar10-checkpoints/trial-*.pt"))  # cleaned up
 
 
 def test_parallel_workers_complete_exactly_n_trials_without_lock_errors(tiny_data_dir, tmp_path):
@@ -149,6 +158,8 @@ def test_cli_on_the_real_subset_with_default_storage_and_optuna_cli(subset_dir, 
         "1500",
         "--device",
         "cpu",
+        "--retrain-seeds",
+        "2",
     ]
     proc = run_search(*args, cwd=tmp_path, timeout=600)
     assert proc.returncode == 0, proc.stderr
@@ -173,3 +184,16 @@ def test_cli_on_the_real_subset_with_default_storage_and_optuna_cli(subset_dir, 
     rows = json.loads(listed.stdout)
     assert len(rows) == 4 and {r["state"] for r in rows} <= {"COMPLETE", "PRUNED"}
     assert "best trial" in proc.stdout and "pruning saved" in proc.stdout
+    # The pipeline went on: retrain of best + runner-up stored in the study, report and best config written.
+    record = study.user_attrs["retrain"]
+    assert [len(c["test_acc"]) for c in record["candidates"]] == [2, 2]
+    assert record["test_images"] == 932 and record["train_images"] == 4660
+    assert "verdict" in record and (tmp_path / "studies" / "cifar10-best" / "model.pt").is_file()
+    report = tmp_path / "reports" / "cifar10"
+    assert {"summary.md", "summary.html", "trials.csv", "best-config.json", "curves.png"} <= {
+        p.name for p in report.iterdir()
+    }
+    from hpo.config import load_config
+    from hpo.export import trial_config
+
+    assert load_config(report / "best-config.json") == trial_config(study.best_trial)

@@ -150,3 +150,38 @@ def test_learns_on_the_real_subset(subset_dir):
     config = TrainConfig(widths=(32, 64, 128), batch_size=256, epochs=4, lr=0.2, weight_decay=5e-4)
     result = train(config, train_split, val_split)
     assert result.val_acc >= 0.40, [h.val_acc for h in result.history]
+
+
+def test_checkpoint_resume_matches_an_uninterrupted_run(splits, tmp_path):
+    config = TrainConfig(**{**TINY, "epochs": 4}, augmentation="flip_translate_cutout", dropout=0.2)
+    straight = train(config, *splits)
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(stats):
+        if stats.epoch == 2:
+            raise Crash
+
+    ckpt = tmp_path / "trial.pt"
+    with pytest.raises(Crash):
+        train(config, *splits, checkpoint=ckpt, on_epoch=crash_after_two)
+    assert ckpt.is_file()
+    seen = []
+    resumed = train(config, *splits, checkpoint=ckpt, on_epoch=lambda s: seen.append(s.epoch))
+    assert seen == [1, 2, 3, 4]  # restored epochs are replayed, then training goes on
+    assert [h.val_loss for h in resumed.history] == [h.val_loss for h in straight.history]
+    for a, b in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
+        assert torch.equal(a, b)
+
+
+def test_checkpoint_of_another_config_is_ignored(splits, tmp_path):
+    from hpo.checkpoint import load_checkpoint
+
+    ckpt = tmp_path / "trial.pt"
+    first = train(TrainConfig(**TINY), *splits, checkpoint=ckpt)
+    other = TrainConfig(**TINY).replace(lr=0.05)
+    second = train(other, *splits, checkpoint=ckpt)
+    # Trained from scratch (a replay would repeat the first run's losses) and the checkpoint now is the new run's.
+    assert [h.val_loss for h in second.history] != [h.val_loss for h in first.history]
+    assert load_checkpoint(ckpt, other.to_dict()) is not None

@@ -1,0 +1,305 @@
+"""``python -m hpo.report``: the study as a pandas summary under ``reports/<study-name>/``.
+
+Writes ``trials.csv`` (``study.trials_dataframe()``, user attributes included), ``summary.md`` and ``summary.html``
+(counts, best trial and config, top-k, per-parameter statistics, importances, retrain result, compute
+accounting) and PNG plots embedded in both, and prints the Markdown to the terminal.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed
+
+import matplotlib.pyplot as plt  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from hpo.errors import ArgumentParser, run_cli  # noqa: E402
+from hpo.objective import SETTINGS_ATTR  # noqa: E402
+from hpo.retrain import RETRAIN_ATTR  # noqa: E402
+from hpo.storage import default_storage_url, load_existing_study  # noqa: E402
+
+TOP_K = 5
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+CSS = (
+    "body{font-family:sans-serif;max-width:60em;margin:2em auto}table{border-collapse:collapse}"
+    "td,th{padding:2px 8px;border-bottom:1px solid #ddd}img{max-width:100%}"
+)
+Block = tuple[str, Any]  # ("h2" | "p" | "table" | "img", payload)
+
+
+def build_report(study: optuna.Study, out_dir: Path) -> list[Block]:
+    """Compute every section (and save the plots into ``out_dir``); return them as renderable blocks."""
+    trials = study.get_trials(deepcopy=False)
+    finished = [t for t in trials if t.state in FINISHED]
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    settings = study.user_attrs.get(SETTINGS_ATTR, {})
+    blocks: list[Block] = [("h1", f"Study {study.study_name}")]
+
+    counts = pd.Series([t.state.name for t in trials], dtype="object").value_counts().rename_axis("state")
+    blocks += [("h2", "Trials by state"), ("table", counts.rename("trials").to_frame())]
+
+    if complete:
+        best = study.best_trial
+        blocks += [
+            ("h2", "Best trial"),
+            (
+                "p",
+                f"Trial {best.number}: validation accuracy **{best.value:.4f}** "
+                f"after {best.user_attrs.get('epochs_run')} epochs.",
+            ),
+            (
+                "table",
+                pd.Series(best.user_attrs.get("config", best.params), name="value").rename_axis("key").to_frame(),
+            ),
+            ("h2", f"Top {min(TOP_K, len(complete))} trials"),
+            ("table", top_k_table(complete)),
+        ]
+    else:
+        blocks += [("h2", "Best trial"), ("p", "No completed trial yet.")]
+
+    blocks += [("h2", "Per-parameter statistics"), *parameter_blocks(finished)]
+    blocks += [("h2", "Parameter importances"), *importance_blocks(study, out_dir)]
+    blocks += [
+        ("h2", "Retrain on train + validation, scored on the test set"),
+        *retrain_blocks(study.user_attrs.get(RETRAIN_ATTR)),
+    ]
+    blocks += [("h2", "Compute accounting"), ("table", accounting_table(trials, finished, settings))]
+    blocks += [("h2", "Plots"), *plot_blocks(study, trials, out_dir)]
+    return blocks
+
+
+def top_k_table(complete: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
+    rows = []
+    for t in sorted(complete, key=lambda t: t.value, reverse=True)[:TOP_K]:
+        rows.append(
+            {
+                "trial": t.number,
+                "val acc": round(t.value, 4),
+                "epochs": t.user_attrs.get("epochs_run"),
+                **_rounded(t.params),
+            }
+        )
+    return pd.DataFrame(rows).set_index("trial")
+
+
+def parameter_blocks(finished: list[optuna.trial.FrozenTrial]) -> list[Block]:
+    if not finished:
+        return [("p", "No finished trial yet.")]
+    frame = pd.DataFrame([{**t.params, "value": t.value} for t in finished])
+    blocks: list[Block] = []
+    numeric = [c for c in frame.columns if c != "value" and pd.api.types.is_numeric_dtype(frame[c])]
+    if numeric:
+        described = frame[numeric].describe().T[["count", "mean", "std", "min", "max"]]
+        described["corr with val acc"] = [frame[c].corr(frame["value"], method="spearman") for c in numeric]
+        blocks += [
+            ("p", "Numeric parameters over finished trials (Spearman correlation with the last reported value):"),
+            ("table", described.round(4)),
+        ]
+    for name in [c for c in frame.columns if c not in numeric and c != "value"]:
+        grouped = frame.groupby(name)["value"].agg(["count", "mean", "max"]).round(4)
+        blocks += [("p", f"`{name}`: value by choice"), ("table", grouped)]
+    return blocks
+
+
+def importance_blocks(study: optuna.Study, out_dir: Path) -> list[Block]:
+    try:
+        importances = optuna.importance.get_param_importances(study)
+    except (ValueError, RuntimeError) as err:
+        return [("p", f"Not available: {err}")]
+    table = pd.Series(importances, name="importance").rename_axis("parameter").round(4).to_frame()
+    fig, ax = plt.subplots(figsize=(6, 0.4 * len(table) + 1.2))
+    table["importance"][::-1].plot.barh(ax=ax, color="tab:blue")
+    ax.set_xlabel("fANOVA importance for validation accuracy")
+    _save(fig, out_dir / "importances.png")
+    return [("table", table), ("img", "importances.png")]
+
+
+def retrain_blocks(record: dict | None) -> list[Block]:
+    if not record:
+        return [("p", "Not retrained yet: run `python -m hpo.retrain` (or the search without `--no-retrain`).")]
+    rows = []
+    for c in record["candidates"]:
+        s = c["summary"]
+        rows.append(
+            {
+                "config": c["label"],
+                "runs": s["n"],
+                "mean test acc": round(s["mean"], 4),
+                "sd": round(s["std"], 4),
+                "95% CI": f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]" if not math.isnan(s["ci_low"]) else "n/a",
+                "per seed": ", ".join(f"{a:.4f}" for a in c["test_acc"]),
+            }
+        )
+    blocks: list[Block] = [
+        (
+            "p",
+            f"{record['train_images']} training images, {record['test_images']} test images, "
+            f"seeds {record['seeds']}, {record['device']}, {record['date']}.",
+        ),
+        ("table", pd.DataFrame(rows).set_index("config")),
+    ]
+    if "verdict" in record:
+        blocks.append(("p", f"**Verdict:** {record['verdict']}."))
+    if record.get("weights"):
+        blocks.append(("p", f"Weights of the winner (seed 0): `{record['weights']}`."))
+    return blocks
+
+
+def accounting_table(trials, finished, settings: dict) -> pd.DataFrame:
+    max_epochs = settings.get("epochs") or max((t.user_attrs.get("epochs_run", 0) for t in finished), default=0)
+    epochs_run = sum(t.user_attrs.get("epochs_run", 0) for t in trials)
+    epochs_finished = sum(t.user_attrs.get("epochs_run", 0) for t in finished)
+    no_pruning = len(finished) * max_epochs
+    saved = 1 - epochs_finished / no_pruning if no_pruning else 0.0
+    train_s = [t.user_attrs.get("train_seconds", 0.0) for t in trials]
+    rows = {
+        "trials run (all states)": len(trials),
+        "total training seconds": round(sum(train_s), 1),
+        "mean training seconds per trial": round(sum(train_s) / max(1, len(trials)), 1),
+        "epochs run (finished trials)": epochs_finished,
+        "epochs run (all trials, incl. failed)": epochs_run,
+        f"epochs without pruning ({len(finished)} x {max_epochs})": no_pruning,
+        "epochs saved by pruning": f"{no_pruning - epochs_finished} ({saved:.0%})",
+    }
+    starts = [t.datetime_start for t in trials if t.datetime_start]
+    ends = [t.datetime_complete for t in trials if t.datetime_complete]
+    if starts and ends:
+        rows["wall time, first start to last finish (s)"] = round((max(ends) - min(starts)).total_seconds(), 1)
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    if complete and starts:
+        best = max(complete, key=lambda t: t.value)
+        rows["time to reach the best value (s)"] = round((best.datetime_complete - min(starts)).total_seconds(), 1)
+        rows["trials run before the best"] = sum(1 for t in trials if t.number < best.number)
+    return pd.Series(rows, name="value").rename_axis("measure").astype(str).to_frame()
+
+
+def plot_blocks(study: optuna.Study, trials, out_dir: Path) -> list[Block]:
+    blocks: list[Block] = []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if any(t.state == TrialState.COMPLETE for t in trials):
+            ax = optuna.visualization.matplotlib.plot_optimization_history(study, target_name="validation accuracy")
+            _save(ax.figure, out_dir / "history.png")
+            blocks.append(("img", "history.png"))
+        fig = validation_curves(trials)
+        if fig is not None:
+            _save(fig, out_dir / "curves.png")
+            blocks.append(("img", "curves.png"))
+        if sum(t.state == TrialState.COMPLETE for t in trials) >= 2:
+            ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, target_name="validation accuracy")
+            _save(ax.figure, out_dir / "parallel.png")
+            blocks.append(("img", "parallel.png"))
+    return blocks
+
+
+def validation_curves(trials) -> plt.Figure | None:
+    """Every trial's validation accuracy per epoch; pruned trials in grey, visibly cut short."""
+    curves = [(t, t.intermediate_values) for t in trials if t.intermediate_values]
+    if not curves:
+        return None
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    best = max((t for t, _ in curves if t.state == TrialState.COMPLETE), key=lambda t: t.value, default=None)
+    for t, values in curves:
+        epochs = sorted(values)
+        style = (
+            {"color": "0.7", "lw": 1, "marker": "x", "ms": 4}
+            if t.state != TrialState.COMPLETE
+            else {"color": "tab:blue", "lw": 1.2}
+        )
+        if t is best:
+            style = {"color": "tab:red", "lw": 2.5, "label": f"best (trial {t.number})"}
+        ax.plot(epochs, [values[e] for e in epochs], **style)
+    ax.plot([], [], color="tab:blue", label="completed")
+    ax.plot([], [], color="0.7", marker="x", label="pruned / failed (cut short)")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation accuracy")
+    ax.set_title("Validation curves of all trials")
+    ax.legend(loc="lower right")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def _save(fig: plt.Figure, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def _rounded(params: dict) -> dict:
+    return {k: (float(f"{v:.3g}") if isinstance(v, float) else v) for k, v in params.items()}
+
+
+def to_markdown(blocks: list[Block]) -> str:
+    out = []
+    for kind, payload in blocks:
+        if kind == "h1":
+            out.append(f"# {payload}")
+        elif kind == "h2":
+            out.append(f"## {payload}")
+        elif kind == "p":
+            out.append(payload)
+        elif kind == "table":
+            out.append(payload.to_markdown())
+        elif kind == "img":
+            out.append(f"![{Path(payload).stem}]({payload})")
+    return "\n\n".join(out) + "\n"
+
+
+def to_html(blocks: list[Block], title: str) -> str:
+    body = []
+    for kind, payload in blocks:
+        if kind in ("h1", "h2"):
+            body.append(f"<{kind}>{html.escape(payload)}</{kind}>")
+        elif kind == "p":
+            text = html.escape(payload)
+            for mark, tag in (("**", "b"), ("`", "code")):
+                parts = text.split(mark)
+                text = "".join(p if i % 2 == 0 else f"<{tag}>{p}</{tag}>" for i, p in enumerate(parts))
+            body.append(f"<p>{text}</p>")
+        elif kind == "table":
+            body.append(payload.to_html(border=0, classes="table"))
+        elif kind == "img":
+            body.append(f'<p><img src="{html.escape(payload)}" alt="{html.escape(Path(payload).stem)}"></p>')
+    head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"
+    return f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>\n"
+
+
+def write_report(study: optuna.Study, out_dir: Path) -> str:
+    """Write trials.csv, summary.md, summary.html and the plots into ``out_dir``; return the Markdown."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    study.trials_dataframe().to_csv(out_dir / "trials.csv", index=False)
+    blocks = build_report(study, out_dir)
+    markdown = to_markdown(blocks)
+    (out_dir / "summary.md").write_text(markdown)
+    (out_dir / "summary.html").write_text(to_html(blocks, f"Study {study.study_name}"))
+    return markdown
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m hpo.report", description=__doc__.splitlines()[0])
+    p.add_argument("--study-name", default="cifar10")
+    p.add_argument("--storage", help="default: sqlite:///studies/<study-name>.db")
+    p.add_argument("--output-dir", type=Path, help="default reports/<study-name>/")
+    args = p.parse_args(argv)
+    study = load_existing_study(args.study_name, args.storage or default_storage_url(args.study_name))
+    out_dir = args.output_dir or Path("reports") / args.study_name
+    print(write_report(study, out_dir))
+    print(f"written to {out_dir}/ (summary.md, summary.html, trials.csv, *.png)")
+    return 0
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

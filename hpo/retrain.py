@@ -1,0 +1,168 @@
+"""``python -m hpo.retrain``: retrain the winner (and the runner-up) on train + validation with k seeds and
+evaluate on the test set, the first and only use of it.
+
+From a study, the best completed trial is compared with the runner-up; from ``--config`` files, the config is
+compared with ``--baseline`` if given. Results (per-seed test accuracy, mean, sd, 95 % CI, Welch's t-test) are
+stored in the study as the ``retrain`` user attribute; the first seed's weights of the winner are saved with its
+config under ``studies/``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import optuna
+import torch
+
+from hpo.config import TrainConfig, load_config
+from hpo.data import Cifar10, load_cifar10
+from hpo.errors import ArgumentParser, HpoError, run_cli
+from hpo.export import ranked_trials, trial_config
+from hpo.stats import summarize, welch
+from hpo.storage import default_storage_url, files_dir, load_existing_study
+from hpo.train import resolve_device, train
+
+RETRAIN_ATTR = "retrain"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    label: str
+    config: TrainConfig
+    trial_number: int | None = None
+
+
+def default_seeds(device: torch.device) -> int:
+    return 5 if device.type == "cuda" else 3
+
+
+def retrain(
+    candidates: list[Candidate],
+    data: Cifar10,
+    device: torch.device,
+    n_seeds: int,
+    weights_dir: Path | None = None,
+    train_subset: int = 0,
+) -> dict[str, Any]:
+    """Train every candidate with seeds 0..n_seeds-1 on the whole training set; score each on the test set."""
+    results = []
+    for index, cand in enumerate(candidates):
+        accuracies = []
+        for seed in range(n_seeds):
+            config = cand.config.replace(seed=seed, train_subset=train_subset)
+            result = train(config, data.train, data.test, device)
+            accuracies.append(result.val_acc)
+            print(
+                f"retrain {cand.label}: seed {seed} test acc {result.val_acc:.4f} ({result.train_seconds:.0f}s)",
+                flush=True,
+            )
+            if index == 0 and seed == 0 and weights_dir is not None:
+                save_weights(weights_dir, result.model, config, cand)
+        summary = summarize(accuracies)
+        print(f"retrain {cand.label}: test accuracy {summary}", flush=True)
+        results.append(
+            {
+                "label": cand.label,
+                "trial_number": cand.trial_number,
+                "config": cand.config.to_dict(),
+                "test_acc": accuracies,
+                "summary": summary.to_dict(),
+                "text": str(summary),
+            }
+        )
+    record: dict[str, Any] = {
+        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "device": str(device),
+        "seeds": list(range(n_seeds)),
+        "train_images": len(data.train.first(train_subset)),
+        "test_images": len(data.test),
+        "candidates": results,
+        "weights": str(weights_dir / "model.pt") if weights_dir else None,
+    }
+    if len(results) >= 2:
+        comparison = welch(results[0]["test_acc"], results[1]["test_acc"])
+        record["comparison"] = comparison.to_dict()
+        record["verdict"] = comparison.verdict(results[0]["label"], results[1]["label"])
+        print(f"retrain verdict: {record['verdict']}", flush=True)
+    return record
+
+
+def save_weights(folder: Path, model: torch.nn.Module, config: TrainConfig, cand: Candidate) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
+    doc = {"config": config.to_dict(), "provenance": {"label": cand.label, "trial_number": cand.trial_number}}
+    (folder / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
+
+
+def study_candidates(study: optuna.Study) -> list[Candidate]:
+    ranked = ranked_trials(study)
+    if not ranked:
+        raise HpoError(f"study {study.study_name!r} has no completed trial to retrain yet: run python -m hpo.search")
+    labels = ("best", "runner-up")
+    return [Candidate(f"{label} (trial {t.number})", trial_config(t), t.number) for label, t in zip(labels, ranked)]
+
+
+def retrain_study(study: optuna.Study, data: Cifar10, device: torch.device, n_seeds: int, folder: Path) -> dict:
+    """Retrain a study's best and runner-up, store the result in the study, save weights under ``folder``."""
+    weights = folder / f"{study.study_name}-best"
+    record = retrain(study_candidates(study), data, device, n_seeds, weights)
+    study.set_user_attr(RETRAIN_ATTR, record)
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = ArgumentParser(prog="python -m hpo.retrain", description=__doc__.splitlines()[0])
+    p.add_argument("--study-name", help="study to read the best trial from and store results in (default cifar10)")
+    p.add_argument("--storage", help="default: sqlite:///studies/<study-name>.db")
+    p.add_argument("--config", type=Path, help="retrain this config (JSON/YAML, e.g. from hpo.export) instead")
+    p.add_argument("--baseline", type=Path, help="with --config: compare against this config")
+    p.add_argument("--seeds", type=int, help="runs per config (default 3 on CPU, 5 on GPU)")
+    p.add_argument("--epochs", type=int, help="override the configs' epochs")
+    p.add_argument("--train-subset", type=int, default=0, help="train on at most this many images (default all)")
+    p.add_argument("--data-dir", default="data")
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--output", type=Path, help="also write the result as JSON here")
+    args = p.parse_args(argv)
+
+    if args.baseline and not args.config:
+        raise HpoError("--baseline compares against --config: give both")
+    if args.seeds is not None and args.seeds < 1:
+        raise HpoError(f"--seeds must be at least 1, got {args.seeds}")
+    device = resolve_device(args.device)
+    n_seeds = args.seeds or default_seeds(device)
+    study = None
+    if args.study_name or not args.config:
+        name = args.study_name or "cifar10"
+        url = args.storage or default_storage_url(name)
+        study = load_existing_study(name, url)
+    if args.config:
+        candidates = [Candidate(f"config {args.config.stem}", load_config(args.config))]
+        if args.baseline:
+            candidates.append(Candidate(f"baseline {args.baseline.stem}", load_config(args.baseline)))
+        weights = (files_dir(url) if study else Path("studies")) / f"{args.config.stem}-retrain"
+    else:
+        candidates = study_candidates(study)
+        weights = files_dir(url) / f"{study.study_name}-best"
+    if args.epochs:
+        candidates = [Candidate(c.label, c.config.replace(epochs=args.epochs), c.trial_number) for c in candidates]
+    data = load_cifar10(args.data_dir)
+    record = retrain(candidates, data, device, n_seeds, weights, args.train_subset)
+    if study is not None:
+        study.set_user_attr(RETRAIN_ATTR, record)
+        print(f"stored in study {study.study_name!r} (user attribute {RETRAIN_ATTR!r})")
+    print(f"weights: {record['weights']}")
+    if args.output:
+        args.output.write_text(json.dumps(record, indent=2) + "\n")
+    return 0
+
+
+def cli() -> None:
+    run_cli(main)
+
+
+if __name__ == "__main__":
+    cli()

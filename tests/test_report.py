@@ -1,0 +1,209 @@
+"""Export, retrain and report on studies made in the test."""
+
+import json
+import re
+import subprocess
+import sys
+
+import optuna
+import pandas as pd
+import pytest
+from optuna.distributions import CategoricalDistribution, FloatDistribution
+from optuna.trial import TrialState, create_trial
+from PIL import Image
+
+from hpo.config import TrainConfig, load_config
+from hpo.export import trial_config
+from hpo.report import write_report
+from hpo.stats import summarize, welch
+
+TINY_CONFIG = TrainConfig(widths=(8, 16, 16), stem_width=8, batch_size=16, epochs=2)
+
+
+def make_study(url: str, n: int = 8) -> optuna.Study:
+    """A study with completed, pruned and failed trials shaped like the ones hpo.search records."""
+    study = optuna.create_study(study_name="cifar10", storage=url, direction="maximize")
+    study.set_user_attr("hpo_settings", {"epochs": 3})
+    dists = {
+        "lr_decoupled": FloatDistribution(0.5, 32, log=True),
+        "augmentation": CategoricalDistribution(["flip", "none"]),
+    }
+    for i in range(n):
+        params = {"lr_decoupled": 1.0 + i, "augmentation": "flip" if i % 2 else "none"}
+        state = TrialState.PRUNED if i % 3 == 2 else TrialState.COMPLETE
+        if i == n - 1:
+            state = TrialState.FAIL
+        epochs = 3 if state == TrialState.COMPLETE else 1
+        curve = [0.1 + 0.05 * i * (e + 1) / 3 for e in range(epochs)]
+        config = TINY_CONFIG.replace(lr=0.01 * (i + 1), augmentation=params["augmentation"])
+        study.add_trial(
+            create_trial(
+                state=state,
+                value=curve[-1] if state != TrialState.FAIL else None,
+                params=params,
+                distributions=dists,
+                intermediate_values={e + 1: v for e, v in enumerate(curve)} if state != TrialState.FAIL else {},
+                user_attrs={
+                    "config": config.to_dict(),
+                    "epochs_run": epochs,
+                    "train_seconds": 2.0 * epochs,
+                    "val_acc_curve": curve,
+                    "seed": i,
+                },
+            )
+        )
+    return study
+
+
+def test_stats_on_known_numbers():
+    s = summarize([0.90, 0.92, 0.94])
+    assert s.mean == pytest.approx(0.92) and s.std == pytest.approx(0.02)
+    assert (s.ci_low, s.ci_high) == pytest.approx(
+        (0.92 - 4.302653 * 0.02 / 3**0.5, 0.92 + 4.302653 * 0.02 / 3**0.5), rel=1e-5
+    )
+    c = welch([0.90, 0.92, 0.94], [0.80, 0.81, 0.82])
+    # By hand: se = sqrt(0.02**2/3 + 0.01**2/3), t = 0.11/se = 8.5206, Welch df = 2.941, two-sided p = 0.00366.
+    assert c.difference == pytest.approx(0.11) and c.t == pytest.approx(8.5206, rel=1e-4)
+    assert c.p_value == pytest.approx(0.00366, rel=1e-2) and c.significant
+    assert "a is better than b" in c.verdict("a", "b")
+    same = welch([0.9, 0.91, 0.92], [0.905, 0.915, 0.9])
+    assert not same.significant and "no significant difference" in same.verdict("a", "b")
+    assert welch([0.9], [0.8]).verdict("a", "b").startswith("cannot tell")
+
+
+def test_report_files_and_sections(tmp_path):
+    study = make_study(f"sqlite:///{tmp_path / 's.db'}")
+    study.set_user_attr(
+        "retrain",
+        {
+            "date": "2026-01-01",
+            "device": "cpu",
+            "seeds": [0, 1],
+            "train_images": 100,
+            "test_images": 20,
+            "candidates": [
+                {"label": "best (trial 6)", "test_acc": [0.5, 0.52], "summary": summarize([0.5, 0.52]).to_dict()},
+                {"label": "runner-up (trial 4)", "test_acc": [0.4, 0.45], "summary": summarize([0.4, 0.45]).to_dict()},
+            ],
+            "verdict": "no significant difference between best (trial 6) and runner-up (trial 4)",
+            "weights": "studies/cifar10-best/model.pt",
+        },
+    )
+    out = tmp_path / "report"
+    markdown = write_report(study, out)
+    frame = pd.read_csv(out / "trials.csv")
+    assert len(frame) == len(study.trials) and "user_attrs_train_seconds" in frame.columns
+    best = study.best_trial
+    assert f"Trial {best.number}: validation accuracy **{best.value:.4f}**" in markdown
+    for section in ("Parameter importances", "Compute accounting", "epochs saved by pruning", "Verdict", "95% CI"):
+        assert section in markdown, section
+    assert "lr_decoupled" in markdown.split("Parameter importances")[1].split("##")[0]
+    html = (out / "summary.html").read_text()
+    assert "<table" in html and 'src="curves.png"' in html
+    for name in ("history.png", "curves.png", "importances.png", "parallel.png"):
+        with Image.open(out / name) as img:
+            assert img.format == "PNG" and img.size[0] > 200
+        assert f"]({name})" in markdown
+
+
+def test_accounting_counts_pruning_savings(tmp_path):
+    study = make_study(f"sqlite:///{tmp_path / 's.db'}")
+    markdown = write_report(study, tmp_path / "r")
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    run = sum(t.user_attrs["epochs_run"] for t in finished)
+    full = len(finished) * 3
+    assert re.search(rf"epochs without pruning \({len(finished)} x 3\)\s*\|\s*{full}\s*\|", markdown)
+    assert re.search(rf"epochs saved by pruning\s*\|\s*{full - run} \({1 - run / full:.0%}\)", markdown)
+
+
+def run(module, *args, cwd):
+    return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
+
+
+def test_export_round_trip_and_train_from_the_file(tmp_path, tiny_data_dir):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = make_study(url)
+    proc = run("hpo.export", "--storage", url, "--output", str(tmp_path / "best.json"), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    doc = json.loads((tmp_path / "best.json").read_text())
+    assert doc["provenance"]["trial_number"] == study.best_trial.number
+    assert doc["provenance"]["validation_accuracy"] == study.best_value
+    assert {"torch", "optuna", "python"} <= set(doc["provenance"]["versions"])
+    assert load_config(tmp_path / "best.json") == trial_config(study.best_trial)
+
+    yaml_proc = run(
+        "hpo.export", "--storage", url, "--trial", "1", "--format", "yaml", "--output", "t1.yaml", cwd=tmp_path
+    )
+    assert yaml_proc.returncode == 0, yaml_proc.stderr
+    assert load_config(tmp_path / "t1.yaml") == trial_config(study.trials[1])
+
+    top = run("hpo.export", "--storage", url, "--top-k", "3", "--output", "top", cwd=tmp_path)
+    assert top.returncode == 0 and len(list((tmp_path / "top").glob("cifar10-trial*.json"))) == 3
+
+    trained = run(
+        "hpo.train",
+        "--config",
+        str(tmp_path / "best.json"),
+        "--data-dir",
+        str(tiny_data_dir),
+        "--device",
+        "cpu",
+        cwd=tmp_path,
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "done: val acc" in trained.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--study-name", "nope"], "no study file"),
+        (["--trial", "99"], "has no trial 99"),
+        (["--top-k", "0"], "--top-k must be at least 1"),
+    ],
+)
+def test_export_errors(tmp_path, args, message):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    make_study(url)
+    if args[0] != "--study-name":
+        args = ["--storage", url, *args]
+    proc = run("hpo.export", *args, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "studies" / "nope.db").exists()  # never creates an empty study file
+
+
+def test_retrain_config_against_baseline_stores_result(tmp_path, tiny_data_dir):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    make_study(url)
+    (tmp_path / "a.json").write_text(TINY_CONFIG.to_json())
+    (tmp_path / "b.json").write_text(TINY_CONFIG.replace(lr=0.001, scheduler="step", augmentation="none").to_json())
+    proc = run(
+        "hpo.retrain",
+        "--config",
+        "a.json",
+        "--baseline",
+        "b.json",
+        "--seeds",
+        "2",
+        "--epochs",
+        "1",
+        "--data-dir",
+        str(tiny_data_dir),
+        "--device",
+        "cpu",
+        "--study-name",
+        "cifar10",
+        "--storage",
+        url,
+        "--output",
+        "r.json",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "r.json").read_text())
+    assert [len(c["test_acc"]) for c in record["candidates"]] == [2, 2]
+    assert record["test_images"] == 20 and record["train_images"] == 100  # train + validation, then test
+    assert "verdict" in record
+    stored = optuna.load_study(study_name="cifar10", storage=url).user_attrs["retrain"]
+    assert stored["candidates"][0]["test_acc"] == record["candidates"][0]["test_acc"]
+    assert (tmp_path / "a-retrain" / "model.pt").is_file()  # beside the study file
