@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import gc
 import os
 import signal
 import subprocess
@@ -106,10 +107,7 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # our own per-trial lines replace Optuna's
-    # Heartbeat, metric names and fail_stale_trials are "experimental" in Optuna but are what we rely on;
-    # we run the heartbeat with ask/tell ourselves (hpo.storage.heartbeat), which Optuna warns about.
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+    _quiet_optuna()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     _check_counts(args)
@@ -133,8 +131,8 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"study {args.study_name!r} in {storage_url}", flush=True)
 
+    data = load_cifar10(args.data_dir)  # before touching the study: bad data must not leave an empty study behind
     study = _create_or_load_study(storage, args.study_name, settings, existing)
-    data = load_cifar10(args.data_dir)
     started = time.perf_counter()
 
     if args.workers > 1 and not is_worker:
@@ -180,6 +178,13 @@ def finish_pipeline(study: optuna.Study, storage_url: str, data, device: torch.d
     print(
         f"report: {out_dir}/summary.md (and summary.html, trials.csv, plots); best config: {out_dir}/best-config.json"
     )
+
+
+def _quiet_optuna() -> None:
+    # Heartbeat, retries, metric names and fail_stale_trials are "experimental" in Optuna but are what we rely
+    # on; we run the heartbeat with ask/tell ourselves (hpo.storage.heartbeat), which Optuna warns about.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
 
 
 def _check_counts(args) -> None:
@@ -312,7 +317,8 @@ def run_worker(
     progress = tqdm(total=n_trials, initial=min(finished, n_trials), unit="trial", disable=not bar, dynamic_ncols=True)
     failures: list[str] = []
     has_heartbeat = bool(heartbeat_interval(study._storage))
-    with progress, _sigterm_as_interrupt():
+    with progress, _sigterm_as_interrupt(), warnings.catch_warnings():
+        _quiet_optuna()
         while timeout is None or time.perf_counter() - start < timeout:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and re-queued for retry
             if len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
@@ -365,8 +371,13 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, o
             raise
         except Exception as err:  # noqa: BLE001 - one trial's error must not end the study
             trial.set_user_attr("fail_reason", traceback.format_exc()[-4000:])
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                # Free what the failed trial held so the next (maybe smaller) config gets the memory.
+                gc.collect()
+                torch.cuda.empty_cache()
+                trial.set_user_attr("stop_reason", "CUDA out of memory")
             study.tell(trial, state=TrialState.FAIL)
-            return TrialState.FAIL, f"{type(err).__name__}: {err}"
+            return TrialState.FAIL, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     study.tell(trial, value)
     return TrialState.COMPLETE, ""
 

@@ -1,0 +1,301 @@
+"""Faults and bad input: trials fail alone, kills lose nothing, bad input explains itself and changes nothing."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pickle
+import random
+import signal
+import sqlite3
+import subprocess
+import threading
+import time
+
+import optuna
+import pytest
+import torch
+
+from hpo.config import TrainConfig
+from hpo.data import load_cifar10, train_val_split
+from hpo.errors import HpoError
+from hpo.objective import Objective
+from hpo.search import run_worker
+from hpo.space import SearchSpace
+from tests.conftest import write_cifar_batches
+from tests.searchutil import TINY, finished, run_search, search_cmd, states
+
+OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
+
+
+def digest(path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def integrity(db) -> tuple:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("PRAGMA integrity_check").fetchone()
+
+
+# ---- trial-level faults end the trial, not the study ------------------------------------------------------
+
+
+@pytest.fixture
+def objective(tiny_data_dir):
+    train_split, val_split = train_val_split(load_cifar10(tiny_data_dir, download=False).train, 0.2)
+    base = TrainConfig(widths=(8, 16, 16), stem_width=8, batch_size=16, epochs=3)
+    space = SearchSpace.from_dict({"augmentation": "none", "scheduler": "constant"})
+    return Objective(space, base, train_split, val_split, torch.device("cpu"))
+
+
+def test_cuda_oom_fails_one_trial_and_the_study_goes_on(objective, monkeypatch):
+    import hpo.objective
+
+    real_train, calls = hpo.objective.train, []
+
+    def oom_once(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(hpo.objective, "train", oom_once)
+    study = optuna.create_study(direction="maximize")
+    run_worker(study, objective, n_trials=2, timeout=None, bar=False)
+    trials = study.trials
+    assert trials[0].state.name == "FAIL" and trials[0].user_attrs["stop_reason"] == "CUDA out of memory"
+    assert "OutOfMemoryError" in trials[0].user_attrs["fail_reason"]
+    assert sum(t.state.name == "COMPLETE" for t in trials) == 2
+
+
+def test_any_exception_is_recorded_with_traceback_and_repeats_stop_the_study(objective, monkeypatch):
+    import hpo.objective
+
+    def broken(*args, **kwargs):
+        raise ValueError("shapes do not match")
+
+    monkeypatch.setattr(hpo.objective, "train", broken)
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(HpoError, match="3 trials in a row failed with the same error .*shapes do not match"):
+        run_worker(study, objective, n_trials=10, timeout=None, bar=False)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3  # stopped instead of burning 10 trials
+    assert "Traceback" in study.trials[0].user_attrs["fail_reason"]
+
+
+def test_divergence_stops_the_trial_early_with_a_reason(tiny_data_dir):
+    train_split, val_split = train_val_split(load_cifar10(tiny_data_dir, download=False).train, 0.2)
+    base = TrainConfig(
+        widths=(8, 16, 16), stem_width=8, batch_size=16, epochs=6, lr=100.0, weight_decay=0.0, momentum=0.9
+    )
+    space = SearchSpace.from_dict(
+        {k: None for k in ("lr_decoupled", "wd_decoupled", "momentum", "dropout")}
+        | {"augmentation": "none", "scheduler": "constant"}
+    )
+    objective = Objective(space, base, train_split, val_split, torch.device("cpu"))
+    study = optuna.create_study(direction="maximize")
+    run_worker(study, objective, n_trials=1, timeout=None, bar=False)
+    trial = study.trials[0]
+    assert trial.state.name == "PRUNED" and trial.user_attrs["stop_reason"].startswith("diverged")
+    assert trial.user_attrs["epochs_run"] < 6
+
+
+# ---- bad input: one line, exit 2, no traceback, existing study untouched ----------------------------------
+
+
+def bad_data(root, kind):
+    folder = write_cifar_batches(root) / "cifar-10-batches-py"
+    batch = folder / "data_batch_2"
+    if kind == "truncated":
+        batch.write_bytes(batch.read_bytes()[:1000])
+    elif kind == "labels":
+        entry = pickle.loads(batch.read_bytes())
+        entry["labels"][0] = 42
+        batch.write_bytes(pickle.dumps(entry))
+    elif kind == "shape":
+        entry = pickle.loads(batch.read_bytes())
+        entry["data"] = entry["data"][:, :1000]
+        batch.write_bytes(pickle.dumps(entry))
+    return root
+
+
+def test_bad_inputs_are_refused_and_leave_the_study_untouched(tiny_data_dir, tmp_path):
+    db = tmp_path / "s.db"
+    base = ["--storage", f"sqlite:///{db}", "--epochs", "2", *TINY]
+    assert run_search(*base, "--data-dir", str(tiny_data_dir), "--n-trials", "2", cwd=tmp_path).returncode == 0
+    before = digest(db)
+    (tmp_path / "space.yaml").write_text("augmentation: {choices: [mixup]}\n")
+    (tmp_path / "a-file").write_text("not a folder")
+    cases = [
+        (["--sampler", "bayes"], "invalid choice: 'bayes'"),
+        (["--pruner", "early"], "invalid choice: 'early'"),
+        (["--device", "tpu"], "invalid choice: 'tpu'"),
+        (["--n-trials", "0"], "--n-trials must be at least 1"),
+        (["--n-trials", "-5"], "--n-trials must be at least 1"),
+        (["--epochs", "9"], "exists with a different search (epochs: study has 2, now 9)"),
+        (["--space", str(tmp_path / "space.yaml")], "augmentation must be one of"),
+        (["--space", str(tmp_path / "missing.yaml")], "cannot read space file"),
+        (["--data-dir", str(tmp_path / "empty")], "cifar-10-python.tar.gz"),
+        (["--data-dir", str(bad_data(tmp_path / "trunc", "truncated"))], "data_batch_2 is truncated or corrupted"),
+        (["--data-dir", str(bad_data(tmp_path / "labels", "labels"))], "labels must be in 0..9"),
+        (["--data-dir", str(bad_data(tmp_path / "shape", "shape"))], "uint8 rows of 3072"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["--device", "cuda"], "no CUDA GPU is available"))
+    for extra, message in cases:
+        args = [*base, "--data-dir", str(tiny_data_dir), *extra]
+        proc = subprocess.run(
+            search_cmd(*args), capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, **OFFLINE}
+        )
+        assert proc.returncode == 2, (extra, proc.stderr)
+        assert message in proc.stderr, (extra, proc.stderr)
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+        assert digest(db) == before, extra
+    assert finished(f"sqlite:///{db}") == 2 and integrity(db) == ("ok",)
+
+
+@pytest.mark.parametrize(
+    ("storage", "message"),
+    [
+        ("not a url", "malformed storage URL"),
+        ("postgresql://nobody@127.0.0.1:1/none", "cannot open storage"),
+        ("sqlite:///{tmp}/a-file/s.db", "is writable"),
+    ],
+)
+def test_bad_storage_is_refused(tiny_data_dir, tmp_path, storage, message):
+    (tmp_path / "a-file").write_text("a file where a folder should be")
+    proc = run_search("--storage", storage.format(tmp=tmp_path), "--data-dir", str(tiny_data_dir), *TINY, cwd=tmp_path)
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_study_with_other_direction_is_refused(tiny_data_dir, tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    optuna.create_study(study_name="cifar10", storage=url, direction="minimize")
+    proc = run_search("--storage", url, "--data-dir", str(tiny_data_dir), *TINY, cwd=tmp_path)
+    assert proc.returncode == 2 and "minimizes its objective" in proc.stderr and "--study-name" in proc.stderr
+    assert len(optuna.load_study(study_name="cifar10", storage=url).trials) == 0
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ('{"config": {"lr": "fast"}}', "lr must be of type float"),
+        ('{"config": {"lr": 500}}', "lr must be in (0, 100]"),
+        ('{"config": {"learning_rate": 0.1}}', "unknown key(s) learning_rate"),
+        ('{"config": ', "is not valid JSON"),
+    ],
+)
+def test_invalid_exported_config_is_refused(tiny_data_dir, tmp_path, text, message):
+    (tmp_path / "cfg.json").write_text(text)
+    for module in ("hpo.train", "hpo.retrain"):
+        proc = subprocess.run(
+            [*search_cmd()[:2], module, "--config", "cfg.json", "--data-dir", str(tiny_data_dir), "--device", "cpu"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=tmp_path,
+        )
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+# ---- kill anywhere, resume: nothing lost, nothing stuck ---------------------------------------------------
+
+
+@pytest.mark.fault
+def test_sigkill_at_random_moments_then_resume(tiny_data_dir, tmp_path):
+    db = tmp_path / "s.db"
+    url = f"sqlite:///{db}"
+    n = 6
+    args = [
+        "--storage",
+        url,
+        "--data-dir",
+        str(tiny_data_dir),
+        "--epochs",
+        "8",
+        "--pruner",
+        "none",
+        "--heartbeat",
+        "1",
+        "--n-trials",
+        str(n),
+        *TINY[:-1],
+        "--retrain-seeds",
+        "1",
+    ]
+    rng = random.Random(1234)
+    kills = 0
+    completed_before: dict[int, float] = {}
+    for _ in range(6):
+        proc = subprocess.Popen(search_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=tmp_path)
+        time.sleep(rng.uniform(3.0, 9.0))
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if db.exists():
+            study = optuna.load_study(study_name="cifar10", storage=url)
+            for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)):
+                completed_before[t._trial_id] = t.value
+    final = run_search(*args, cwd=tmp_path, timeout=600)
+    assert final.returncode == 0, final.stderr
+    assert kills >= 3
+    study = optuna.load_study(study_name="cifar10", storage=url)
+    s = states(url)
+    assert finished(url) == n and "RUNNING" not in s
+    after = {t._trial_id: t.value for t in study.trials}
+    assert all(after[i] == v for i, v in completed_before.items())  # no completed trial lost or changed
+    assert integrity(db) == ("ok",)
+    assert "retrain" in study.user_attrs and (tmp_path / "reports" / "cifar10" / "summary.md").is_file()
+    print(f"\nfault injection: {kills} SIGKILLs, states after resume {s}, lost 0, stuck 0")
+
+
+# ---- concurrency soak ------------------------------------------------------------------------------------
+
+
+@pytest.mark.fault
+def test_soak_four_workers_and_a_reader(tiny_data_dir, tmp_path):
+    db = tmp_path / "s.db"
+    url = f"sqlite:///{db}"
+    n = 24
+    args = [
+        "--storage",
+        url,
+        "--data-dir",
+        str(tiny_data_dir),
+        "--epochs",
+        "1",
+        "--workers",
+        "4",
+        "--n-trials",
+        str(n),
+        *TINY,
+    ]
+    optuna.create_study(study_name="cifar10", storage=url, direction="maximize")  # the reader has a study to poll
+    errors: list[str] = []
+    reads = 0
+    stop = threading.Event()
+
+    def reader():
+        nonlocal reads
+        while not stop.is_set():
+            try:
+                optuna.load_study(study_name="cifar10", storage=url).trials_dataframe()
+                reads += 1
+            except Exception as err:  # noqa: BLE001 - every failure is what the test counts
+                errors.append(repr(err))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        proc = subprocess.run(search_cmd(*args), capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    finally:
+        stop.set()
+        thread.join()
+    assert proc.returncode == 0, proc.stderr
+    assert not errors, errors[:3]
+    assert "locked" not in proc.stdout + proc.stderr
+    s = states(url)
+    assert finished(url) == n and "FAIL" not in s and "RUNNING" not in s
+    assert reads > 20
+    print(f"\nsoak: 4 workers, {n} trials, {reads} concurrent reads, {len(errors)} lock/read failures")
