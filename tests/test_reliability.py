@@ -131,6 +131,8 @@ def test_bad_inputs_are_refused_and_leave_the_study_untouched(tiny_data_dir, tmp
         (["--device", "tpu"], "invalid choice: 'tpu'"),
         (["--n-trials", "0"], "--n-trials must be at least 1"),
         (["--n-trials", "-5"], "--n-trials must be at least 1"),
+        (["--timeout", "0"], "--timeout must be a positive number"),
+        (["--val-fraction", "1.5"], "--val-fraction must be in (0, 1)"),
         (["--epochs", "9"], "exists with a different search (epochs: study has 2, now 9)"),
         (["--space", str(tmp_path / "space.yaml")], "augmentation must be one of"),
         (["--space", str(tmp_path / "missing.yaml")], "cannot read space file"),

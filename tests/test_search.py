@@ -120,27 +120,6 @@ def test_killed_worker_trial_is_failed_and_retried(tiny_data_dir, tmp_path):
     assert retried[0].params == stale[0].params
 
 
-@pytest.mark.parametrize(
-    ("args", "message"),
-    [
-        (["--n-trials", "0"], "--n-trials must be at least 1"),
-        (["--n-trials", "-3"], "--n-trials must be at least 1"),
-        (["--sampler", "bayes"], "invalid choice: 'bayes'"),
-        (["--pruner", "early"], "invalid choice: 'early'"),
-        (["--device", "tpu"], "invalid choice: 'tpu'"),
-        (["--storage", "not a url"], "malformed storage URL"),
-        (["--storage", "postgresql://nobody@127.0.0.1:1/none"], "cannot open storage"),
-        (["--timeout", "0"], "--timeout must be"),
-        (["--val-fraction", "1.5"], "--val-fraction must be in"),
-    ],
-)
-def test_bad_input_is_one_line_without_traceback(tiny_data_dir, tmp_path, args, message):
-    proc = run_search("--data-dir", str(tiny_data_dir), "--storage", sqlite_url(tmp_path / "s.db"), *args, cwd=tmp_path)
-    assert proc.returncode == 2
-    assert message in proc.stderr and "Traceback" not in proc.stderr
-    assert len(proc.stderr.strip().splitlines()) == 1, proc.stderr
-
-
 @pytest.mark.integration
 def test_cli_on_the_real_subset_with_default_storage_and_optuna_cli(subset_dir, tmp_path):
     args = [
