@@ -236,6 +236,8 @@ def _resolve_settings(args, space: SearchSpace | None, existing: dict | None, de
     if "widths" in stored:
         stored["widths"] = tuple(stored["widths"])
     values = {k: given[k] if given[k] is not None else stored.get(k, fallback[k]) for k in fallback}
+    if not 0 < values["val_fraction"] < 1:
+        raise HpoError(f"--val-fraction must be in (0, 1), got {values['val_fraction']}")
     differs = [k for k in (*MACHINE_KEYS, "val_fraction", "space") if k in stored and stored[k] != values[k]]
     if differs:
         detail = "; ".join(f"{k}: study has {stored[k]}, now {values[k]}" for k in differs)
@@ -243,8 +245,6 @@ def _resolve_settings(args, space: SearchSpace | None, existing: dict | None, de
             f"study {args.study_name!r} exists with a different search ({detail}): "
             f"drop those options to continue it, or pass a new --study-name"
         )
-    if not 0 < values["val_fraction"] < 1:
-        raise HpoError(f"--val-fraction must be in (0, 1), got {values['val_fraction']}")
     settings = Settings(**values)
     try:
         settings.base_config()
