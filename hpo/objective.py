@@ -7,18 +7,22 @@ included, so the study file is the system of record.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 import torch
 
 from hpo.config import TrainConfig
 from hpo.data import Split
+from hpo.notes import upload_trial_artifacts
 from hpo.space import SearchSpace
 from hpo.train import EpochStats, TrainResult, train
 
 OBJECTIVE_NAME = "validation accuracy"
 SETTINGS_ATTR = "hpo_settings"  # study user attribute holding the search settings
+RETRAIN_ATTR = "retrain"  # study user attribute holding the retrain result
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
@@ -36,6 +40,7 @@ class Objective:
     device: torch.device
     study_seed: int = 0
     checkpoint_dir: Path | None = None  # per-epoch checkpoints, so a retried trial resumes where it died
+    artifact_store: Any = None  # where the dashboard finds each trial's learning curve and config
 
     def config_for(self, trial: optuna.Trial, origin: int) -> TrainConfig:
         return self.space.suggest(trial, self.base).replace(seed=trial_seed(self.study_seed, origin))
@@ -64,6 +69,11 @@ class Objective:
             checkpoint=self.checkpoint_path(origin),
         )
         _record(trial, result)
+        if self.artifact_store is not None:
+            try:
+                upload_trial_artifacts(trial.study, trial, self.artifact_store)
+            except Exception as err:  # noqa: BLE001 - a plotting problem must not fail a trial that trained fine
+                warnings.warn(f"trial {trial.number}: artifacts not uploaded ({err})", stacklevel=1)
         if result.diverged:
             reason = f"diverged: training loss became NaN/inf in epoch {result.epochs_run}"
             trial.set_user_attr("stop_reason", reason)

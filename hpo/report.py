@@ -23,8 +23,7 @@ import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from hpo.errors import ArgumentParser, run_cli  # noqa: E402
-from hpo.objective import SETTINGS_ATTR  # noqa: E402
-from hpo.retrain import RETRAIN_ATTR  # noqa: E402
+from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR  # noqa: E402
 from hpo.storage import default_storage_url, load_existing_study  # noqa: E402
 
 TOP_K = 5

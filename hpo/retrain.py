@@ -17,16 +17,17 @@ from typing import Any
 
 import optuna
 import torch
+from optuna.artifacts import upload_artifact
 
 from hpo.config import TrainConfig, load_config
 from hpo.data import Cifar10, load_cifar10
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import ranked_trials, trial_config
+from hpo.notes import artifact_store_for, set_retrain_section
+from hpo.objective import RETRAIN_ATTR
 from hpo.stats import summarize, welch
 from hpo.storage import default_storage_url, files_dir, load_existing_study
 from hpo.train import resolve_device, train
-
-RETRAIN_ATTR = "retrain"
 
 
 @dataclass(frozen=True)
@@ -110,8 +111,32 @@ def retrain_study(study: optuna.Study, data: Cifar10, device: torch.device, n_se
     """Retrain a study's best and runner-up, store the result in the study, save weights under ``folder``."""
     weights = folder / f"{study.study_name}-best"
     record = retrain(study_candidates(study), data, device, n_seeds, weights)
-    study.set_user_attr(RETRAIN_ATTR, record)
+    store_result(study, record, folder)
     return record
+
+
+def store_result(study: optuna.Study, record: dict, folder: Path) -> None:
+    """The retrain result into the study: user attribute, the note's Retrain section, the weights as an artifact."""
+    study.set_user_attr(RETRAIN_ATTR, record)
+    set_retrain_section(study, retrain_markdown(record))
+    if record.get("weights") and Path(record["weights"]).is_file():
+        store = artifact_store_for(study.study_name, folder)
+        upload_artifact(artifact_store=store, file_path=record["weights"], study_or_trial=study)
+
+
+def retrain_markdown(record: dict) -> str:
+    lines = [
+        "## Retrain",
+        f"Trained on train + validation ({record['train_images']} images) with seeds {record['seeds']}, "
+        f"scored on the test set ({record['test_images']} images), {record['device']}, {record['date']}:",
+        "",
+    ]
+    lines += [f"- **{c['label']}**: test accuracy {c['text']}" for c in record["candidates"]]
+    if "verdict" in record:
+        lines += ["", f"Verdict: {record['verdict']}."]
+    if record.get("weights"):
+        lines += ["", f"Weights of the winner (seed 0): `{record['weights']}` (also a study artifact)."]
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     data = load_cifar10(args.data_dir)
     record = retrain(candidates, data, device, n_seeds, weights, args.train_subset)
     if study is not None:
-        study.set_user_attr(RETRAIN_ATTR, record)
+        store_result(study, record, files_dir(url))
         print(f"stored in study {study.study_name!r} (user attribute {RETRAIN_ATTR!r})")
     print(f"weights: {record['weights']}")
     if args.output:

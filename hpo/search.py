@@ -33,6 +33,7 @@ from hpo.config import TrainConfig
 from hpo.data import load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import dump, export_document, ranked_trials
+from hpo.notes import artifact_store_for, write_study_note
 from hpo.objective import OBJECTIVE_NAME, SETTINGS_ATTR, Objective
 from hpo.report import write_report
 from hpo.retrain import default_seeds, retrain_study
@@ -133,6 +134,12 @@ def main(argv: list[str] | None = None) -> int:
 
     data = load_cifar10(args.data_dir)  # before touching the study: bad data must not leave an empty study behind
     study = _create_or_load_study(storage, args.study_name, settings, existing)
+    if not is_worker:
+        data_text = (
+            f"CIFAR-10 from `{args.data_dir}`: {len(data.train)} training images (a seeded "
+            f"{settings.val_fraction:.0%} of them for validation) and {len(data.test)} test images (retrain only)"
+        )
+        write_study_note(study, settings.to_json(), data_text, n_trials)
     started = time.perf_counter()
 
     if args.workers > 1 and not is_worker:
@@ -147,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             device=device,
             study_seed=settings.seed,
             checkpoint_dir=files_dir(storage_url) / f"{args.study_name}-checkpoints",
+            artifact_store=artifact_store_for(args.study_name, files_dir(storage_url)),
         )
         worker = args.worker_id or 0
         study.sampler = _make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))

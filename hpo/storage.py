@@ -41,9 +41,12 @@ def default_storage_url(study_name: str, studies_dir: str | Path = "studies") ->
 
 
 def files_dir(url: str) -> Path:
-    """Where a study's files (checkpoints, weights, artifacts) live: beside a SQLite file, else ``studies/``."""
+    """Where a study's files (checkpoints, weights, artifacts) live: beside a SQLite or journal file, else
+    ``studies/`` (a database server's studies keep their files on the host that runs the command)."""
+    if url.startswith("journal:"):
+        return Path(url.removeprefix("journal:").removeprefix("//")).parent
     if url.startswith("sqlite:///"):
-        return Path(make_url(url).database or "studies").parent
+        return Path(make_url(url).database or "studies/x").parent
     return Path("studies")
 
 
@@ -84,7 +87,7 @@ def open_storage(url: str, heartbeat_interval: int | None = 30) -> BaseStorage:
             error = err
             break
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    raise HpoError(f"cannot open storage {_redact(url)}: {reason}")
+    raise HpoError(f"cannot open storage {redact(url)}: {reason}")
 
 
 def _prepare_sqlite(path: Path) -> None:
@@ -109,7 +112,7 @@ def _journal(path: str) -> BaseStorage:
         raise HpoError(f"cannot open journal file {path}: {err.strerror}") from None
 
 
-def _redact(url: str) -> str:
+def redact(url: str) -> str:
     try:
         return make_url(url).render_as_string(hide_password=True)
     except ArgumentError:
@@ -149,15 +152,23 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
 
 
 def load_existing_study(study_name: str, url: str | None = None) -> optuna.Study:
-    """Load a study that must already exist (export, retrain, report); never creates an empty file or study."""
+    """Load a study that must already exist (export, retrain, report, dashboard); never creates a file or study."""
     url = url or default_storage_url(study_name)
-    if url.startswith("sqlite:///"):
+    path = None
+    if url.startswith("journal:"):
+        path = Path(url.removeprefix("journal:").removeprefix("//"))
+    elif url.startswith("sqlite:///"):
         path = Path(make_url(url).database or "")
-        if not path.is_file():
-            raise HpoError(f"no study file {path}: run `python -m hpo.search --study-name {study_name}` first")
+    if path is not None and not path.is_file():
+        storage = "" if url == default_storage_url(study_name) else f" --storage {url}"
+        raise HpoError(
+            f"no study file {path}: run `python -m hpo.search --study-name {study_name}{storage}` to create it, "
+            "or pass --storage/--study-name of an existing study"
+        )
     storage = open_storage(url, heartbeat_interval=None)
     try:
         return optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
-        names = ", ".join(s.study_name for s in optuna.get_all_study_summaries(storage)) or "none"
-        raise HpoError(f"no study {study_name!r} in {_redact(url)} (studies there: {names})") from None
+        names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
+        held = f"it holds {', '.join(repr(n) for n in names)} (pass --study-name)" if names else "it holds no study"
+        raise HpoError(f"no study {study_name!r} in {redact(url)}: {held}") from None
