@@ -20,8 +20,8 @@ from hpo.config import TrainConfig
 from hpo.data import load_cifar10, train_val_split
 from hpo.errors import HpoError
 from hpo.objective import Objective
-from hpo.search import run_worker
 from hpo.space import SearchSpace
+from hpo.worker import run_worker
 from tests.conftest import write_cifar_batches
 from tests.searchutil import TINY, finished, run_search, search_cmd, states
 

@@ -1,0 +1,154 @@
+"""One worker's loop over a study: ask, train, tell, until the study has its trials.
+
+Uses ask/tell rather than ``Study.optimize`` so that the total is exact across workers and restarts (a trial
+that loses the race for the last slot goes back to the queue untouched), interrupted trials are re-queued to
+resume from their checkpoint, and one trial's failure never ends the search.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import signal
+import time
+import traceback
+import warnings
+
+import optuna
+import torch
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import TrialState
+from tqdm import tqdm
+
+from hpo.errors import HpoError
+from hpo.objective import Objective
+from hpo.storage import RETRY_STALE, heartbeat, heartbeat_interval
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+# Trials that count towards --n-trials or are being run for it. (A WAITING trial is a queued retry: the next
+# ask() runs it, so it does not hold a slot.)
+TAKEN = (*FINISHED, TrialState.RUNNING)
+SAME_FAILURE_LIMIT = 3
+WAIT_POLL_S = 2.0
+
+
+def quiet_optuna() -> None:
+    # Heartbeat, retries, metric names and fail_stale_trials are "experimental" in Optuna but are what we rely
+    # on; we run the heartbeat with ask/tell ourselves (hpo.storage.heartbeat), which Optuna warns about.
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    warnings.filterwarnings("ignore", message="Heartbeat of storage is supposed to be used with Study.optimize")
+
+
+def run_worker(
+    study: optuna.Study, objective: Objective, n_trials: int, timeout: float | None, tag: str = "", bar: bool = True
+) -> int:
+    """Run trials until the study has ``n_trials`` finished (complete or pruned) trials, or ``timeout`` passes."""
+    start = time.perf_counter()
+    finished = len(study.get_trials(deepcopy=False, states=FINISHED))
+    progress = tqdm(total=n_trials, initial=min(finished, n_trials), unit="trial", disable=not bar, dynamic_ncols=True)
+    failures: list[str] = []
+    has_heartbeat = bool(heartbeat_interval(study._storage))
+    with progress, _sigterm_as_interrupt(), warnings.catch_warnings():
+        quiet_optuna()
+        while timeout is None or time.perf_counter() - start < timeout:
+            optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and re-queued for retry
+            if len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
+                break
+            if len(study.get_trials(deepcopy=False, states=TAKEN)) >= n_trials:
+                if not has_heartbeat:
+                    break  # nothing could tell a dead worker's trial from a slow one
+                # Other workers hold the last trials; wait in case one of them dies and its trial is retried.
+                time.sleep(WAIT_POLL_S)
+                continue
+            trial = study.ask()
+            if _is_surplus(study, trial, n_trials):
+                study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+                continue
+            origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(study._storage.get_trial(trial._trial_id))
+            origin = trial.number if origin is None else origin
+            state, error = _run_trial(study, trial, objective, origin)
+            _tidy_checkpoint(study, objective, trial.number, origin, state)
+            frozen = study._storage.get_trial(trial._trial_id)
+            progress.write(_trial_line(frozen, tag))
+            progress.n = min(n_trials, len(study.get_trials(deepcopy=False, states=FINISHED)))
+            progress.refresh()
+            failures = failures + [error] if state == TrialState.FAIL else []
+            if len(failures) >= SAME_FAILURE_LIMIT and len(set(failures[-SAME_FAILURE_LIMIT:])) == 1:
+                raise HpoError(
+                    f"{SAME_FAILURE_LIMIT} trials in a row failed with the same error ({failures[-1]}); "
+                    "stopping instead of burning the budget: see the trials' fail_reason attribute"
+                )
+    return 0
+
+
+def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    earlier = [t for t in study.get_trials(deepcopy=False, states=TAKEN) if t.number < trial.number]
+    return len(earlier) >= n_trials
+
+
+def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, origin: int) -> tuple[TrialState, str]:
+    """Run one trial to a told state. Ctrl-C marks it FAIL (interrupted), queues a retry that resumes from its
+    checkpoint, and propagates."""
+    with heartbeat(study._storage, trial._trial_id):
+        try:
+            value = objective(trial, origin)
+        except optuna.TrialPruned:
+            study.tell(trial, state=TrialState.PRUNED)
+            return TrialState.PRUNED, ""
+        except KeyboardInterrupt:
+            RETRY_STALE(study, study._storage.get_trial(trial._trial_id))  # same as a dead worker's trial
+            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); the next run retries it")
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        except Exception as err:  # noqa: BLE001 - one trial's error must not end the study
+            trial.set_user_attr("fail_reason", traceback.format_exc()[-4000:])
+            if isinstance(err, torch.cuda.OutOfMemoryError):
+                # Free what the failed trial held so the next (maybe smaller) config gets the memory.
+                gc.collect()
+                torch.cuda.empty_cache()
+                trial.set_user_attr("stop_reason", "CUDA out of memory")
+            study.tell(trial, state=TrialState.FAIL)
+            return TrialState.FAIL, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+    study.tell(trial, value)
+    return TrialState.COMPLETE, ""
+
+
+def _tidy_checkpoint(study: optuna.Study, objective: Objective, number: int, origin: int, state: TrialState) -> None:
+    """Drop a finished trial's checkpoint, keeping the best completed trial's as ``best-trial.pt``.
+
+    (Trials that died or were interrupted never get here: their checkpoint stays for the retry.)"""
+    path = objective.checkpoint_path(origin)
+    if path is None or not path.exists():
+        return
+    if state == TrialState.COMPLETE and study.best_trial.number == number:
+        path.replace(path.with_name("best-trial.pt"))
+    else:
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Treat SIGTERM like Ctrl-C so a terminated worker records its running trial before exiting."""
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _trial_line(t: optuna.trial.FrozenTrial, tag: str) -> str:
+    config = t.user_attrs.get("config", {})
+    value = f"val {t.value:.4f}" if t.value is not None else "val   -   "
+    params = (
+        f"lr {config.get('lr', float('nan')):.3g} mom {config.get('momentum', float('nan')):.2f} "
+        f"wd {config.get('weight_decay', float('nan')):.2g} drop {config.get('dropout', float('nan')):.2f} "
+        f"{config.get('augmentation', '?')}/{config.get('scheduler', '?')}"
+    )
+    seconds = t.user_attrs.get("wall_seconds", 0.0)
+    prefix = f"[{tag}] " if tag else ""
+    epochs = t.user_attrs.get("epochs_run", 0)
+    return f"{prefix}trial {t.number:3d} {t.state.name:<8} {value}  {params}  {epochs} ep  {seconds:.1f}s"
