@@ -62,11 +62,9 @@ def trivial_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     from torchvision.transforms import v2
 
     op = v2.TrivialAugmentWide()
-    # torchvision draws from the global RNG; seed it from our generator so runs stay reproducible.
-    seed = int(torch.randint(0, 2**31 - 1, (1,), device=x.device, generator=gen).item())
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        x = torch.cat([op(group) for group in x.split(TRIVIAL_GROUP)])
+    # torchvision draws its op and magnitude from the global CPU RNG, which train() seeds and checkpoints;
+    # reading a seed from ``gen`` instead would cost a host sync per batch on the GPU.
+    x = torch.cat([op(group) for group in x.split(TRIVIAL_GROUP)])
     return translate(flip(x, gen), gen)
 
 

@@ -35,6 +35,12 @@ def test_same_config_and_seed_reproduce_exactly_on_cpu(splits):
     assert [h.val_loss for h in a.history] != [h.val_loss for h in c.history]
 
 
+def test_trivial_augment_runs_reproduce_too(splits):
+    config = TrainConfig(**TINY, augmentation="trivial_augment")
+    a, b = train(config, *splits), train(config, *splits)
+    assert [h.train_loss for h in a.history] == [h.train_loss for h in b.history]
+
+
 def test_callback_sees_every_epoch_and_can_stop(splits):
     seen = []
 
