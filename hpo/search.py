@@ -19,7 +19,6 @@ from typing import Any
 
 import optuna
 import torch
-from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
 from hpo.config import TrainConfig
@@ -243,22 +242,16 @@ def _resolve_settings(args, space: SearchSpace | None, existing: dict | None, de
 
 
 def _create_or_load_study(storage, name: str, settings: Settings, existing: dict | None) -> optuna.Study:
-    # Several hosts may create the same study at once; a lost race on the schema is worth one retry.
-    for attempt in range(3):
-        try:
-            study = optuna.create_study(
-                storage=storage,
-                study_name=name,
-                direction="maximize",
-                load_if_exists=True,
-                sampler=_make_sampler(settings, 0, 0),
-                pruner=_make_pruner(settings),
-            )
-            break
-        except SQLAlchemyError:
-            if attempt == 2:
-                raise
-            time.sleep(0.5 + attempt)
+    # Hosts starting at once: open_storage already retried the schema race, and load_if_exists turns a lost
+    # race to create the study into loading it.
+    study = optuna.create_study(
+        storage=storage,
+        study_name=name,
+        direction="maximize",
+        load_if_exists=True,
+        sampler=_make_sampler(settings, 0, 0),
+        pruner=_make_pruner(settings),
+    )
     if study.direction != optuna.study.StudyDirection.MAXIMIZE:
         raise HpoError(
             f"study {name!r} exists but minimizes its objective; hpo maximizes {OBJECTIVE_NAME}: "
