@@ -6,6 +6,7 @@ so there is no per-image Python work and no DataLoader in the hot path.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import torch
@@ -53,7 +54,7 @@ def cutout(x: torch.Tensor, gen: torch.Generator, size: int = CUTOUT) -> torch.T
     in_y = (ys[None, :] - cy[:, None]).abs() <= size // 2
     in_x = (xs[None, :] - cx[:, None]).abs() <= size // 2
     mask = (in_y[:, :, None] & in_x[:, None, :])[:, None]
-    fill = torch.tensor(CIFAR_MEAN, device=x.device).round().to(x.dtype)[None, :, None, None]
+    fill = _channel_constant(CIFAR_MEAN, x.device, torch.float32).round().to(x.dtype)
     return torch.where(mask, fill, x)
 
 
@@ -93,6 +94,12 @@ def get_policy(name: str) -> Augment:
 
 def normalize(x: torch.Tensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """uint8 images to standardised floats, on whatever device they are on."""
-    mean = torch.tensor(CIFAR_MEAN, device=x.device, dtype=dtype)[None, :, None, None]
-    std = torch.tensor(CIFAR_STD, device=x.device, dtype=dtype)[None, :, None, None]
+    mean = _channel_constant(CIFAR_MEAN, x.device, dtype)
+    std = _channel_constant(CIFAR_STD, x.device, dtype)
     return (x.to(dtype) - mean) / std
+
+
+@functools.cache
+def _channel_constant(values: tuple[float, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """A (1, C, 1, 1) constant, made once per device: no host-to-device copy per batch."""
+    return torch.tensor(values, device=device, dtype=dtype)[None, :, None, None]
