@@ -7,14 +7,12 @@ so there is no per-image Python work and no DataLoader in the hot path.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
 from hpo.config import AUGMENTATIONS
-
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
 
 PAD = 2  # airbench translates by up to 2 pixels; 4 (the classic value) hurts at short budgets
 CUTOUT = 12
@@ -25,10 +23,17 @@ CIFAR_MEAN = (125.3, 123.0, 113.9)
 CIFAR_STD = (63.0, 62.1, 66.7)
 
 
-def flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Mirror a random half of the images left-right."""
-    mask = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
+def flip(x: torch.Tensor, gen: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Mirror the images where ``mask`` (one bool per image) is true; a random half when it is not given."""
+    if mask is None:
+        mask = torch.rand(x.shape[0], device=x.device, generator=gen) < 0.5
     return torch.where(mask[:, None, None, None], x.flip(-1), x)
+
+
+def alternating_flips(first: torch.Tensor, epoch: int) -> torch.Tensor:
+    """Flip masks that alternate per image: ``first`` (one bool per image) in odd epochs, its inverse in even
+    ones, so every image is seen both ways in any two consecutive epochs (airbench's flip)."""
+    return first if epoch % 2 == 1 else ~first
 
 
 def translate(x: torch.Tensor, gen: torch.Generator, pad: int = PAD) -> torch.Tensor:
@@ -58,37 +63,49 @@ def cutout(x: torch.Tensor, gen: torch.Generator, size: int = CUTOUT) -> torch.T
     return torch.where(mask, fill, x)
 
 
-def trivial_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """torchvision's TrivialAugmentWide on groups of images, then flip + translate per image."""
+def trivial_augment(x: torch.Tensor) -> torch.Tensor:
+    """torchvision's TrivialAugmentWide on groups of TRIVIAL_GROUP images."""
     from torchvision.transforms import v2
 
     op = v2.TrivialAugmentWide()
     # torchvision draws its op and magnitude from the global CPU RNG, which train() seeds and checkpoints;
-    # reading a seed from ``gen`` instead would cost a host sync per batch on the GPU.
-    x = torch.cat([op(group) for group in x.split(TRIVIAL_GROUP)])
-    return translate(flip(x, gen), gen)
+    # reading a seed from the generator instead would cost a host sync per batch on the GPU.
+    return torch.cat([op(group) for group in x.split(TRIVIAL_GROUP)])
 
 
-def _compose(*steps: Augment) -> Augment:
-    def apply(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        for step in steps:
-            x = step(x, gen)
+@dataclass(frozen=True)
+class Policy:
+    """Which augmentations run, in this order: TrivialAugmentWide, flip, translate, cutout."""
+
+    trivial: bool = False
+    flip: bool = False
+    translate: bool = False
+    cutout: bool = False
+
+    def __call__(self, x: torch.Tensor, gen: torch.Generator, flip_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Augment a uint8 batch; ``flip_mask`` says which images to mirror (default: a random half)."""
+        if self.trivial:
+            x = trivial_augment(x)
+        if self.flip:
+            x = flip(x, gen, flip_mask)
+        if self.translate:
+            x = translate(x, gen)
+        if self.cutout:
+            x = cutout(x, gen)
         return x
 
-    return apply
 
-
-POLICIES: dict[str, Augment] = {
-    "none": _compose(),
-    "flip": flip,
-    "flip_translate": _compose(flip, translate),
-    "flip_translate_cutout": _compose(flip, translate, cutout),
-    "trivial_augment": trivial_augment,
+POLICIES: dict[str, Policy] = {
+    "none": Policy(),
+    "flip": Policy(flip=True),
+    "flip_translate": Policy(flip=True, translate=True),
+    "flip_translate_cutout": Policy(flip=True, translate=True, cutout=True),
+    "trivial_augment": Policy(trivial=True, flip=True, translate=True),
 }
 assert tuple(POLICIES) == AUGMENTATIONS, "config.AUGMENTATIONS and augment.POLICIES must list the same names"
 
 
-def get_policy(name: str) -> Augment:
+def get_policy(name: str) -> Policy:
     return POLICIES[name]
 
 

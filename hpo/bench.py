@@ -1,9 +1,14 @@
-"""Benchmark: our on-device pipeline against a conventional DataLoader + per-image transforms pipeline.
+"""Benchmarks of the trainer, figures printed as ratios against a baseline run in the same process.
 
+Pipeline (default): our on-device pipeline against a conventional DataLoader + per-image transforms pipeline.
 Both train the same model with the same config, seed, optimizer and schedule through ``hpo.train.train``;
 only the source of batches differs. Also times each augmentation policy on its own.
 
+Ablation (``--ablation``): airbench94's recipe with all its components, each one off in turn, and all off
+(the pre-recipe trainer), k seeds each, trained on the whole training set and scored on the test set.
+
     python -m hpo.bench --data-dir ../shared/data/cifar10-subset
+    python -m hpo.bench --ablation --data-dir ../shared/data/cifar10-subset
 """
 
 from __future__ import annotations
@@ -15,10 +20,14 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from hpo.augment import CIFAR_MEAN, CIFAR_STD, POLICIES, normalize
-from hpo.config import TrainConfig
-from hpo.data import Split, load_cifar10, train_val_split
-from hpo.errors import ArgumentParser, run_cli
+from hpo.config import COMPONENTS_OFF, TrainConfig
+from hpo.data import Cifar10, Split, load_cifar10, train_val_split
+from hpo.errors import ArgumentParser, HpoError, run_cli
+from hpo.stats import summarize
 from hpo.train import BatchSource, resolve_device, train
+
+ALL_ON = "all on (the recipe)"
+ALL_OFF = "all off (pre-recipe trainer)"
 
 
 class PerImageDataset(Dataset):
@@ -97,38 +106,70 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = ArgumentParser(prog="python -m hpo.bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--data-dir", default="data")
-    parser.add_argument("--device", default="auto")
-    parser.add_argument("--epochs", type=int, default=3)
-    parser.add_argument(
-        "--widths", type=int, nargs=3, default=None, help="default: 32 64 128 on CPU, 64 256 256 on GPU"
-    )
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--tile-to", type=int, default=0, help="repeat the training images up to this many")
-    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes for the baseline")
-    args = parser.parse_args(argv)
+def ablation_rows() -> dict[str, tuple[str, ...]]:
+    """Row label -> components turned off."""
+    rows = {ALL_ON: ()}
+    rows.update({f"without {name}": (name,) for name in COMPONENTS_OFF})
+    rows[ALL_OFF] = tuple(COMPONENTS_OFF)
+    return rows
 
-    device = resolve_device(args.device)
+
+def run_ablation(base: TrainConfig, data: Cifar10, device: torch.device, seeds: int) -> list[dict]:
+    """Train every ablation row with seeds 0..seeds-1 on ``data.train``, scored on ``data.test``.
+    Seeds are the outer loop, so slow drift of the machine's speed spreads evenly over the rows."""
+    rows = ablation_rows()
+    runs: dict[str, list] = {label: [] for label in rows}
+    train(base.replace(epochs=1, train_subset=2 * base.batch_size), data.train, data.test, device)  # warm-up
+    for seed in range(seeds):
+        for label, off in rows.items():
+            config = base.without(*off).replace(seed=seed)
+            _sync(device)
+            start = time.perf_counter()
+            result = train(config, data.train, data.test, device)
+            _sync(device)
+            runs[label].append((result.val_acc, time.perf_counter() - start, result.images_per_second))
+            print(f"  seed {seed}  {label:<30} test {result.val_acc:.4f}  {runs[label][-1][1]:6.1f} s", flush=True)
+    baseline_seconds = sum(r[1] for r in runs[ALL_OFF]) / seeds
+    table = []
+    for label, off in rows.items():
+        accs, secs, rates = zip(*runs[label])
+        mean_s = sum(secs) / seeds
+        table.append(
+            {
+                "row": label,
+                "off": list(off),
+                "test_acc": summarize(list(accs)),
+                "seconds": mean_s,
+                "speedup": baseline_seconds / mean_s,
+                "images_per_second": sum(rates) / seeds,
+            }
+        )
+    return table
+
+
+def print_ablation(table: list[dict]) -> None:
+    print(f"| {'configuration':<30} | {'test accuracy (mean ± 95 % CI)':<32} | s / run | vs all off | img/s |")
+    print(f"|{'-' * 32}|{'-' * 34}|--------:|-----------:|------:|")
+    for row in table:
+        acc = row["test_acc"]
+        text = f"{acc.mean:.4f} ± {(acc.ci_high - acc.ci_low) / 2:.4f} (sd {acc.std:.4f})"
+        print(
+            f"| {row['row']:<30} | {text:<32} | {row['seconds']:7.1f} | {row['speedup']:9.2f}x "
+            f"| {row['images_per_second']:5.0f} |"
+        )
+
+
+def pipeline_benchmark(args, device: torch.device) -> None:
     widths = tuple(args.widths or ((64, 256, 256) if device.type == "cuda" else (32, 64, 128)))
+    epochs, batch_size = args.epochs or 3, args.batch_size or 256
     data = load_cifar10(args.data_dir)
     train_split, val_split = train_val_split(data.train)
     train_split = tile(train_split, args.tile_to)
-    config = TrainConfig(
-        batch_size=args.batch_size,
-        epochs=args.epochs,
-        widths=widths,
-        augmentation="flip_translate",
-        scheduler="onecycle",
-    )
-    print(
-        f"device {device}, {len(train_split)} training images, {args.epochs} epochs, "
-        f"widths {widths}, batch {args.batch_size}"
-    )
+    config = TrainConfig.recipe(batch_size=batch_size, epochs=epochs, widths=widths)
+    print(f"device {device}, {len(train_split)} training images, {epochs} epochs, widths {widths}, batch {batch_size}")
 
     # Warm up kernels/allocators once so neither pipeline pays the first-call cost in its timing.
-    train(config.replace(epochs=1, train_subset=2 * args.batch_size), train_split, val_split, device)
+    train(config.replace(epochs=1, train_subset=2 * batch_size), train_split, val_split, device)
     ours = train(config, train_split, val_split, device)
     baseline = train(
         config,
@@ -145,10 +186,54 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name:<40}{r.images_per_second:>10.0f}{r.train_seconds:>10.1f}{r.val_acc:>10.4f}")
     print(f"speed-up (ours / DataLoader): {ours.images_per_second / baseline.images_per_second:.2f}x")
 
-    print(f"\naugmentation alone, batch {args.batch_size} ({device}):")
-    rates = time_augmentations(train_split, device, args.batch_size)
+    print(f"\naugmentation alone, batch {batch_size} ({device}):")
+    rates = time_augmentations(train_split, device, batch_size)
     for name, rate in rates.items():
         print(f"  {name:<36}{rate:>12.0f} img/s   {rate / rates['flip_translate']:.2f}x flip_translate")
+
+
+def ablation_benchmark(args, device: torch.device) -> None:
+    gpu = device.type == "cuda"
+    widths = tuple(args.widths or ((64, 256, 256) if gpu else (32, 64, 128)))
+    base = TrainConfig.recipe(
+        batch_size=args.batch_size or (1024 if gpu else 128), epochs=args.epochs or (10 if gpu else 8), widths=widths
+    )
+    data = load_cifar10(args.data_dir)
+    data = Cifar10(tile(data.train, args.tile_to), data.test)
+    print(
+        f"ablation on {device}: {len(data.train)} training images, tested on {len(data.test)}; batch "
+        f"{base.batch_size}, {base.epochs} epochs, widths {'/'.join(map(str, widths))}, lr {base.lr:.4g}, "
+        f"{args.seeds} seeds per row"
+    )
+    table = run_ablation(base, data, device, args.seeds)
+    print()
+    print_ablation(table)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = ArgumentParser(prog="python -m hpo.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", default="data")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--ablation", action="store_true", help="the recipe's components, one off at a time")
+    parser.add_argument("--seeds", type=int, default=3, help="--ablation: runs per row (default 3)")
+    parser.add_argument("--epochs", type=int, help="default: 3 (pipeline); --ablation: 8 on CPU, 10 on GPU")
+    parser.add_argument("--widths", type=int, nargs=3, help="default: 32 64 128 on CPU, 64 256 256 on GPU")
+    parser.add_argument("--batch-size", type=int, help="default: 256 (pipeline); --ablation: 128 on CPU, 1024 on GPU")
+    parser.add_argument("--tile-to", type=int, default=0, help="repeat the training images up to this many")
+    parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes for the baseline")
+    args = parser.parse_args(argv)
+    for name in ("seeds", "epochs", "batch_size"):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise HpoError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
+    if args.tile_to < 0 or args.workers < 0:
+        raise HpoError("--tile-to and --workers must be >= 0")
+
+    device = resolve_device(args.device)
+    if args.ablation:
+        ablation_benchmark(args, device)
+    else:
+        pipeline_benchmark(args, device)
     return 0
 
 

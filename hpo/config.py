@@ -19,6 +19,22 @@ from hpo.errors import HpoError
 
 AUGMENTATIONS = ("none", "flip", "flip_translate", "flip_translate_cutout", "trivial_augment")
 SCHEDULERS = ("constant", "step", "cosine", "onecycle", "exponential")
+HEAD_INITS = ("default", "small")  # PyTorch's Linear init, or N(0, 0.01) (the pre-recipe trainer's)
+TTA_LEVELS = (0, 1, 2)  # none, mirror, mirror + 1-pixel translations
+WHITEN_WIDTH = 24  # a 2x2 RGB patch has 12 dimensions; the whitening stem keeps each eigenvector and its negative
+
+# airbench94's components, each with the values that turn it off (the pre-recipe trainer's behaviour):
+# what the ablation benchmark switches, one at a time and all together.
+COMPONENTS_OFF: dict[str, dict[str, Any]] = {
+    "whiten": {"whiten": False},
+    "batchnorm": {"bn_scale": True, "bias_lr_scale": 1.0, "bn_momentum": 0.1, "bn_eps": 1e-5},
+    "logit_scale": {"logit_scale": 1.0, "head_init": "small"},
+    "lookahead": {"lookahead": False},
+    "tta": {"tta_level": 0},
+    "alternate_flip": {"alternate_flip": False},
+    "fast_step": {"fast_step": False},
+    "dirac_init": {"dirac_init": False},
+}
 
 
 class ConfigError(HpoError):
@@ -29,26 +45,58 @@ class ConfigError(HpoError):
 class TrainConfig:
     """Every hyperparameter of one training run.
 
-    The defaults reach ~62 % validation accuracy in 8 epochs on the 4 660-image subset with widths 32/64/128.
+    The defaults are airbench94's recipe (batch 1024, 10 epochs, widths 64/256/256); ``TrainConfig.recipe``
+    gives the same recipe at another batch size, epochs and widths. Each of the recipe's components
+    (whitening ... fast_step) is a switch, so an ablation can turn it off and a search can sample it.
     """
 
-    lr: float = 0.1
+    # airbench94's decoupled lr 11.5 and wd 0.0153 per 1024 examples, in plain SGD terms at batch 1024.
+    lr: float = 1.5
     momentum: float = 0.85
-    weight_decay: float = 5e-4
+    weight_decay: float = 0.0153 / 11.5
     nesterov: bool = True
     dropout: float = 0.0
     label_smoothing: float = 0.2
-    batch_size: int = 256
+    batch_size: int = 1024
     epochs: int = 10
     augmentation: str = "flip_translate"
     scheduler: str = "onecycle"
-    # Fraction of all steps spent warming up (onecycle only).
-    warmup_fraction: float = 0.25
+    # onecycle only: fraction of all steps spent warming up, and the lr at the end as a fraction of the peak.
+    warmup_fraction: float = 0.23
+    final_lr_fraction: float = 0.07
     widths: tuple[int, int, int] = (64, 256, 256)
-    stem_width: int = 24
+    # Channels of the 2x2 stem conv; a whitening stem takes the top stem_width/2 eigenvectors (at most 12).
+    stem_width: int = WHITEN_WIDTH
     seed: int = 0
     # Cap on training images (0 = all): lets a CPU search run on a slice of the data.
     train_subset: int = 0
+
+    # --- airbench94's components (each one off gives the pre-recipe trainer's behaviour) ---
+    # 1. The stem is a frozen 2x2 patch-whitening conv (training patches' covariance eigenvectors, and their
+    #    negatives); only its bias trains, for this many epochs. Off: an ordinary trained conv.
+    whiten: bool = True
+    whiten_bias_epochs: int = 3
+    # 2. BatchNorm without a learnable scale (the next conv can rescale), its biases at bias_lr_scale x the lr
+    #    (with weight decay divided by the same, so their decay is unchanged), and airbench's BN statistics:
+    #    bn_momentum is PyTorch's (weight of the new batch; airbench writes 0.6 for 0.4), a tiny eps.
+    #    Off: bn_scale true, bias_lr_scale 1, bn_momentum 0.1, bn_eps 1e-5 (PyTorch's BatchNorm).
+    bn_scale: bool = False
+    bias_lr_scale: float = 64.0
+    bn_momentum: float = 0.4
+    bn_eps: float = 1e-12
+    # 3. Logits multiplied by this (with PyTorch's Linear init), or a small init of the classifier ("small").
+    logit_scale: float = 1 / 9
+    head_init: str = "default"
+    # 4. Lookahead: every 5 steps the weights are pulled into an EMA of themselves, harder as training ends.
+    lookahead: bool = True
+    # 5. Test-time augmentation of the final evaluation: 0 none, 1 mirror, 2 mirror + 1-pixel translations.
+    tta_level: int = 2
+    # 6. Flip each image on alternate epochs (a random half start flipped) instead of at random each epoch.
+    alternate_flip: bool = True
+    # 7. A fused SGD step and channels-last tensors on every device (off: foreach SGD, channels-last on CUDA).
+    fast_step: bool = True
+    # 8. Each 3x3 conv's first filters start as the identity (off: PyTorch's init for all of them).
+    dirac_init: bool = True
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "widths", tuple(self.widths))
@@ -79,6 +127,25 @@ class TrainConfig:
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+    def with_batch_size(self, batch_size: int) -> TrainConfig:
+        """The same training at another batch size: the lr scales with it, so the lr per example (airbench's
+        decoupled lr) and the weight decay per step stay the same."""
+        return self.replace(batch_size=batch_size, lr=self.lr * batch_size / self.batch_size)
+
+    def without(self, *components: str) -> TrainConfig:
+        """This config with the named COMPONENTS_OFF components turned off."""
+        changes: dict[str, Any] = {}
+        for name in components:
+            changes.update(COMPONENTS_OFF[name])
+        return self.replace(**changes)
+
+    @classmethod
+    def recipe(cls, **changes: Any) -> TrainConfig:
+        """airbench94's recipe with ``changes``. A ``batch_size`` rescales the recipe's lr (``with_batch_size``);
+        an ``lr`` among the changes is taken as it is."""
+        batch_size = changes.pop("batch_size", cls().batch_size)
+        return cls().with_batch_size(batch_size).replace(**changes)
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2)
@@ -125,7 +192,15 @@ def _check(condition: bool, message: str) -> None:
 
 
 def _validate(c: TrainConfig) -> None:
-    for name in ("lr", "momentum", "weight_decay", "dropout", "label_smoothing", "warmup_fraction"):
+    for name in (
+        "lr",
+        "momentum",
+        "weight_decay",
+        "dropout",
+        "label_smoothing",
+        "warmup_fraction",
+        "final_lr_fraction",
+    ):
         value = getattr(c, name)
         _check(isinstance(value, (int, float)) and math.isfinite(value), f"{name} must be a finite number")
     _check(0 < c.lr <= 100, f"lr must be in (0, 100], got {c.lr}")
@@ -134,6 +209,7 @@ def _validate(c: TrainConfig) -> None:
     _check(0 <= c.dropout < 1, f"dropout must be in [0, 1), got {c.dropout}")
     _check(0 <= c.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
     _check(0 < c.warmup_fraction < 1, f"warmup_fraction must be in (0, 1), got {c.warmup_fraction}")
+    _check(0 <= c.final_lr_fraction < 1, f"final_lr_fraction must be in [0, 1), got {c.final_lr_fraction}")
     _check(1 <= c.batch_size <= 65536, f"batch_size must be in [1, 65536], got {c.batch_size}")
     _check(1 <= c.epochs <= 1000, f"epochs must be in [1, 1000], got {c.epochs}")
     _check(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
@@ -149,3 +225,21 @@ def _validate(c: TrainConfig) -> None:
     )
     _check(1 <= c.stem_width <= 4096, f"stem_width must be in [1, 4096], got {c.stem_width}")
     _check(c.nesterov is False or c.momentum > 0, "nesterov needs momentum > 0; set nesterov to false")
+    _check(
+        not c.whiten or (c.stem_width % 2 == 0 and c.stem_width <= WHITEN_WIDTH),
+        f"the whitening stem needs an even stem_width of at most {WHITEN_WIDTH} (eigenvectors and their negatives),"
+        f" got {c.stem_width}: change stem_width or set whiten to false",
+    )
+    _check(c.whiten_bias_epochs >= 0, f"whiten_bias_epochs must be >= 0, got {c.whiten_bias_epochs}")
+    for name in ("bias_lr_scale", "bn_momentum", "bn_eps", "logit_scale"):
+        value = getattr(c, name)
+        _check(math.isfinite(value), f"{name} must be a finite number")
+    _check(0 < c.bias_lr_scale <= 1000, f"bias_lr_scale must be in (0, 1000], got {c.bias_lr_scale}")
+    _check(0 < c.bn_momentum <= 1, f"bn_momentum must be in (0, 1], got {c.bn_momentum}")
+    _check(0 < c.bn_eps <= 1, f"bn_eps must be in (0, 1], got {c.bn_eps}")
+    _check(0 < c.logit_scale <= 10, f"logit_scale must be in (0, 10], got {c.logit_scale}")
+    _check(c.head_init in HEAD_INITS, f"head_init must be one of {', '.join(HEAD_INITS)}, got {c.head_init!r}")
+    _check(
+        c.tta_level in TTA_LEVELS,
+        f"tta_level must be 0 (none), 1 (mirror) or 2 (mirror + translate), got {c.tta_level}",
+    )

@@ -28,14 +28,16 @@ def build_scheduler(optimizer: Optimizer, config: TrainConfig, total_steps: int)
     if name == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0.0)
     if name == "onecycle":
-        # airbench's triangle: linear warmup from ONECYCLE_START x peak, then linear decay to 0.
+        # airbench's triangle: linear warmup from ONECYCLE_START x peak, then linear decay to final_lr_fraction.
         # (torch's OneCycleLR never quite reaches the peak on short runs and also cycles momentum.)
         warmup = max(1, round(config.warmup_fraction * total_steps))
+        end = config.final_lr_fraction
 
         def triangle(step: int) -> float:
             if step < warmup:
                 return ONECYCLE_START + (1 - ONECYCLE_START) * step / warmup
-            return max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+            left = max(0.0, (total_steps - step) / max(1, total_steps - warmup))
+            return end + (1 - end) * left
 
         return sched.LambdaLR(optimizer, triangle)
     if name == "exponential":

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from hpo.augment import CIFAR_MEAN, POLICIES, cutout, flip, normalize, translate
+from hpo.augment import CIFAR_MEAN, CIFAR_STD, POLICIES, alternating_flips, cutout, flip, normalize, translate
 from hpo.config import AUGMENTATIONS
 
 
@@ -69,6 +69,24 @@ def test_policies_are_reproducible_with_the_same_seeds():
 
 
 def test_normalize_standardises_channels():
-    x = torch.full((2, 3, 4, 4), 125, dtype=torch.uint8)
+    x = torch.zeros((2, 3, 4, 4), dtype=torch.uint8)
+    x[:, :, :2] = 255
     out = normalize(x)
-    assert out.dtype == torch.float32 and out.abs().max() < 0.2
+    assert out.dtype == torch.float32
+    for c in range(3):
+        assert torch.allclose(out[:, c, 2:], torch.tensor(-CIFAR_MEAN[c] / CIFAR_STD[c]))
+        assert torch.allclose(out[:, c, :2], torch.tensor((255 - CIFAR_MEAN[c]) / CIFAR_STD[c]))
+
+
+def test_alternating_flips_invert_every_other_epoch():
+    first = torch.tensor([True, False, False, True])
+    assert torch.equal(alternating_flips(first, 1), first) and torch.equal(alternating_flips(first, 3), first)
+    assert torch.equal(alternating_flips(first, 2), ~first) and torch.equal(alternating_flips(first, 4), ~first)
+
+
+def test_policy_flips_exactly_the_masked_images():
+    x = batch(8)
+    mask = torch.tensor([True, False] * 4)
+    out = POLICIES["flip"](x, torch.Generator().manual_seed(0), mask)
+    for o, i, m in zip(out, x, mask):
+        assert torch.equal(o, i.flip(-1) if m else i)

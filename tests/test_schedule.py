@@ -31,13 +31,16 @@ def test_cosine_goes_from_peak_to_zero():
     assert v[0] == 1.0 and v[50] == pytest.approx(0.5) and v[-1] == pytest.approx(0.0, abs=1e-9)
 
 
-def test_onecycle_warms_up_to_peak_then_decays_to_about_zero():
-    v = curve("onecycle", steps=100, warmup_fraction=0.25)
+@pytest.mark.parametrize("final", [0.0, 0.07])
+def test_onecycle_warms_up_to_peak_then_decays_linearly_to_the_final_fraction(final):
+    v = curve("onecycle", steps=100, warmup_fraction=0.25, final_lr_fraction=final)
     assert v[0] == pytest.approx(0.2)
     peak = max(range(len(v)), key=v.__getitem__)
     assert v[peak] == pytest.approx(1.0) and 24 <= peak <= 26
-    assert v[-1] < 1e-3
+    assert v[-1] == pytest.approx(final, abs=1e-9)
+    assert v[(peak + 100) // 2] == pytest.approx((1 + final) / 2, abs=0.02)  # linear in between
     assert all(a <= b for a, b in zip(v[:peak], v[1 : peak + 1]))
+    assert all(a >= b for a, b in zip(v[peak:], v[peak + 1 :]))
 
 
 def test_exponential_ends_at_one_percent():

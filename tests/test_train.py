@@ -5,7 +5,7 @@ import sys
 import pytest
 import torch
 
-from hpo.config import TrainConfig
+from hpo.config import COMPONENTS_OFF, TrainConfig
 from hpo.data import load_cifar10, train_val_split
 from hpo.train import resolve_device, train
 
@@ -21,7 +21,9 @@ def test_result_has_history_and_throughput(splits):
     result = train(TrainConfig(**TINY), *splits)
     assert result.epochs_run == 2 and len(result.history) == 2
     assert [h.epoch for h in result.history] == [1, 2]
-    assert 0 <= result.val_acc <= 1 and result.images_per_second > 0
+    assert result.val_acc == result.history[-1].val_acc
+    assert (result.val_acc * len(splits[1])) == pytest.approx(round(result.val_acc * len(splits[1])))  # k / n
+    assert result.images_seen == 2 * (len(splits[0]) // 16) * 16 and result.images_per_second > 0
     assert result.history[1].elapsed >= result.history[0].elapsed
     json.dumps(result.summary())
 
@@ -65,14 +67,16 @@ def test_callback_exception_propagates(splits):
 
 
 def test_divergence_stops_training_early(splits):
+    # The recipe's net shrugs off lr 100 (scale-free BatchNorm, scaled logits); the plain one blows up.
     config = TrainConfig(**{**TINY, "epochs": 4, "lr": 100.0, "scheduler": "constant", "weight_decay": 0.0})
-    result = train(config.replace(momentum=0.9), *splits)
+    result = train(config.replace(momentum=0.9).without(*COMPONENTS_OFF), *splits)
     assert result.diverged and result.stopped_early and result.epochs_run < 4
 
 
 def test_train_subset_limits_images(splits):
-    result = train(TrainConfig(**{**TINY, "epochs": 1, "train_subset": 32}), *splits)
-    assert result.images_per_second > 0 and result.history[0].epoch == 1
+    assert len(splits[0]) > 32
+    result = train(TrainConfig(**{**TINY, "epochs": 2, "train_subset": 32}), *splits)
+    assert result.train_images == 32 and result.images_seen == 2 * 32
 
 
 def test_cuda_without_gpu_is_a_user_error():
@@ -147,15 +151,6 @@ def test_cli_missing_data_offline(tmp_path):
         },
     )
     assert proc.returncode == 2 and "cifar-10-python.tar.gz" in proc.stderr and "Traceback" not in proc.stderr
-
-
-@pytest.mark.integration
-def test_learns_on_the_real_subset(subset_dir):
-    data = load_cifar10(subset_dir, download=False)
-    train_split, val_split = train_val_split(data.train)
-    config = TrainConfig(widths=(32, 64, 128), batch_size=256, epochs=4, lr=0.2, weight_decay=5e-4)
-    result = train(config, train_split, val_split)
-    assert result.val_acc >= 0.40, [h.val_acc for h in result.history]
 
 
 def test_checkpoint_resume_matches_an_uninterrupted_run(splits, tmp_path):

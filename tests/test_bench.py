@@ -1,0 +1,58 @@
+"""The benchmarks run end to end on tiny data and print the figures they promise."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from hpo.bench import ALL_OFF, ALL_ON, main, run_ablation
+from hpo.config import COMPONENTS_OFF, TrainConfig
+from hpo.data import load_cifar10
+
+TINY_FLAGS = ["--widths", "8", "16", "16", "--batch-size", "16", "--device", "cpu"]
+
+
+def test_pipeline_benchmark_compares_against_a_dataloader(tiny_data_dir, capsys):
+    assert main(["--data-dir", str(tiny_data_dir), "--epochs", "1", "--workers", "0", *TINY_FLAGS]) == 0
+    out = capsys.readouterr().out
+    assert "hpo on-device batches" in out and "DataLoader + per-image (0 workers)" in out
+    assert "speed-up (ours / DataLoader):" in out
+    for policy in ("flip_translate", "trivial_augment (per-image loop)", "flip_translate_cutout"):
+        assert policy in out
+
+
+def test_ablation_rows_turn_off_one_component_each_then_all(tiny_data_dir):
+    data = load_cifar10(tiny_data_dir, download=False)
+    base = TrainConfig.recipe(batch_size=16, epochs=1, widths=(8, 16, 16))
+    table = run_ablation(base, data, torch.device("cpu"), seeds=2)
+    rows = {row["row"]: row for row in table}
+    assert list(rows) == [ALL_ON, *(f"without {name}" for name in COMPONENTS_OFF), ALL_OFF]
+    assert rows[ALL_ON]["off"] == [] and rows[ALL_OFF]["off"] == list(COMPONENTS_OFF)
+    assert all(row["test_acc"].n == 2 for row in table)
+    assert rows[ALL_OFF]["speedup"] == pytest.approx(1.0)
+    assert rows[ALL_ON]["speedup"] == pytest.approx(rows[ALL_OFF]["seconds"] / rows[ALL_ON]["seconds"])
+
+
+def test_ablation_cli_prints_the_table(tiny_data_dir, capsys):
+    args = ["--ablation", "--seeds", "2", "--epochs", "1", "--data-dir", str(tiny_data_dir), *TINY_FLAGS]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "ablation on cpu: 100 training images, tested on 20; batch 16, 1 epochs, widths 8/16/16" in out
+    table = [line for line in out.splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(COMPONENTS_OFF) + 2  # header, all on, one row per component, all off
+    assert table[-1].startswith(f"| {ALL_OFF}") and "1.00x" in table[-1]
+
+
+@pytest.mark.parametrize("flag", [["--seeds", "0"], ["--epochs", "-1"], ["--tile-to", "-5"]])
+def test_bad_values_are_one_line_without_traceback(tiny_data_dir, flag):
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.bench", "--ablation", "--data-dir", str(tiny_data_dir), *flag],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1
