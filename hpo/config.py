@@ -20,7 +20,8 @@ from hpo.errors import HpoError
 AUGMENTATIONS = ("none", "flip", "flip_translate", "flip_translate_cutout", "trivial_augment")
 SCHEDULERS = ("constant", "step", "cosine", "onecycle", "exponential")
 HEAD_INITS = ("default", "small")  # PyTorch's Linear init, or N(0, 0.01) (the pre-recipe trainer's)
-TTA_LEVELS = (0, 1, 2)  # none, mirror, mirror + 1-pixel translations
+TTA_LEVELS = (0, 1, 2)
+TTA_NAMES = {0: "none", 1: "mirror", 2: "mirror + 1-pixel translations"}
 WHITEN_WIDTH = 24  # a 2x2 RGB patch has 12 dimensions; the whitening stem keeps each eigenvector and its negative
 
 # airbench94's components, each with the values that turn it off (the pre-recipe trainer's behaviour):

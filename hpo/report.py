@@ -22,6 +22,7 @@ import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from hpo.config import TTA_NAMES  # noqa: E402
 from hpo.errors import ArgumentParser, run_cli  # noqa: E402
 from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR  # noqa: E402
 from hpo.storage import default_storage_url, load_existing_study  # noqa: E402
@@ -53,7 +54,8 @@ def build_report(study: optuna.Study, out_dir: Path) -> list[Block]:
             (
                 "p",
                 f"Trial {best.number}: validation accuracy **{best.value:.4f}** "
-                f"after {best.user_attrs.get('epochs_run')} epochs.",
+                f"after {best.user_attrs.get('epochs_run')} epochs "
+                f"(test-time augmentation: {tta_name(best.user_attrs.get('config', {}))}).",
             ),
             (
                 "table",
@@ -136,6 +138,7 @@ def retrain_blocks(record: dict | None) -> list[Block]:
                 "sd": round(s["std"], 4),
                 "95% CI": f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]" if not math.isnan(s["ci_low"]) else "n/a",
                 "per seed": ", ".join(f"{a:.4f}" for a in c["test_acc"]),
+                "TTA": tta_name(c["config"]),
             }
         )
     blocks: list[Block] = [
@@ -151,6 +154,11 @@ def retrain_blocks(record: dict | None) -> list[Block]:
     if record.get("weights"):
         blocks.append(("p", f"Weights of the winner (seed 0): `{record['weights']}`."))
     return blocks
+
+
+def tta_name(config: dict) -> str:
+    """The test-time augmentation a config scores with (configs from before the field existed: none)."""
+    return TTA_NAMES[config.get("tta_level", 0)]
 
 
 def accounting_table(trials, finished, settings: dict) -> pd.DataFrame:

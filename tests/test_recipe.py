@@ -294,3 +294,39 @@ def test_component_fields_reach_the_exported_dict():
     assert TrainConfig.from_dict(TrainConfig().without(*COMPONENTS_OFF).to_dict()) == TrainConfig().without(
         *COMPONENTS_OFF
     )
+
+
+def test_report_says_which_test_time_augmentation_scored(tmp_path):
+    import optuna
+    from optuna.distributions import FloatDistribution
+    from optuna.trial import TrialState, create_trial
+
+    from hpo.report import write_report
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    config = TrainConfig(**TINY)
+    study.add_trial(
+        create_trial(
+            state=TrialState.COMPLETE,
+            value=0.5,
+            params={"lr_decoupled": 1.0},
+            distributions={"lr_decoupled": FloatDistribution(0.5, 32, log=True)},
+            user_attrs={"config": config.to_dict(), "epochs_run": 2},
+        )
+    )
+    summary = {"n": 2, "mean": 0.5, "std": 0.01, "ci_low": 0.4, "ci_high": 0.6}
+    candidates = [
+        {"label": "best", "config": config.to_dict(), "test_acc": [0.5, 0.5], "summary": summary},
+        {"label": "plain", "config": config.without("tta").to_dict(), "test_acc": [0.5, 0.5], "summary": summary},
+    ]
+    record = {"date": "d", "device": "cpu", "seeds": [0, 1], "train_images": 1, "test_images": 1}
+    study.set_user_attr("retrain", {**record, "candidates": candidates})
+    text = write_report(study, tmp_path / "report")
+    assert "(test-time augmentation: mirror + 1-pixel translations)" in text
+    rows = {
+        line.split("|")[1].strip(): line
+        for line in text.splitlines()
+        if line.startswith("| best") or line.startswith("| plain")
+    }
+    assert rows["best"].rstrip(" |").endswith("mirror + 1-pixel translations")
+    assert rows["plain"].rstrip(" |").endswith("none")
