@@ -118,8 +118,11 @@ def predict(model: nn.Module, x: torch.Tensor, tta_level: int = 0) -> torch.Tens
     level 1 averages each image with its mirror; level 2 gives that 1/2 and 1/4 each to the same pair
     translated by one pixel up-left and down-right."""
 
+    def view(v: torch.Tensor) -> torch.Tensor:
+        return model(v).float()  # average in fp32: bf16 logits (autocast) keep only ~3 significant digits
+
     def mirrored(v: torch.Tensor) -> torch.Tensor:
-        return 0.5 * (model(v) + model(v.flip(-1))) if tta_level >= 1 else model(v)
+        return 0.5 * (view(v) + view(v.flip(-1))) if tta_level >= 1 else view(v)
 
     logits = mirrored(x)
     if tta_level >= 2:
