@@ -45,6 +45,9 @@ PRUNERS = ("hyperband", "asha", "median", "none")
 GPU_DEFAULTS = {"n_trials": 50, "epochs": 10, "widths": (64, 256, 256), "train_subset": 0, "batch_size": 512}
 CPU_DEFAULTS = {"n_trials": 12, "epochs": 6, "widths": (32, 64, 128), "train_subset": 5000, "batch_size": 128}
 MACHINE_KEYS = ("epochs", "widths", "train_subset", "batch_size")
+# The storage URL reaches --workers processes through the environment (readable by the same user only), not
+# their command line (readable by everyone on the machine through ps), since it may carry a password.
+STORAGE_ENV = "HPO_WORKER_STORAGE"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,9 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     check_args(args)
     device = resolve_device(args.device)
     space = SearchSpace.load(args.space) if args.space else None
-    storage_url = args.storage or default_storage_url(args.study_name)
-    storage = open_storage(storage_url, heartbeat_interval=args.heartbeat or None)
     is_worker = args.worker_id is not None
+    inherited = os.environ.get(STORAGE_ENV) if is_worker else None
+    storage_url = args.storage or inherited or default_storage_url(args.study_name)
+    storage = open_storage(storage_url, heartbeat_interval=args.heartbeat or None)
 
     existing = _existing_settings(storage, args.study_name)
     defaults = CPU_DEFAULTS if device.type == "cpu" else GPU_DEFAULTS
@@ -136,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     if args.workers > 1 and not is_worker:
-        code = _run_workers(argv, args.workers, device, study, n_trials)
+        code = _run_workers(argv, storage_url, args.workers, device, study, n_trials)
     else:
         train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
         objective = Objective(
@@ -312,15 +316,31 @@ def _make_pruner(settings: Settings) -> optuna.pruners.BasePruner:
     return optuna.pruners.NopPruner()
 
 
-def _run_workers(argv: list[str], workers: int, device: torch.device, study: optuna.Study, n_trials: int) -> int:
+def _without_storage(argv: list[str]) -> list[str]:
+    """``argv`` minus ``--storage URL`` / ``--storage=URL``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--storage":
+            skip = True
+        elif not arg.startswith("--storage="):
+            out.append(arg)
+    return out
+
+
+def _run_workers(
+    argv: list[str], storage_url: str, workers: int, device: torch.device, study: optuna.Study, n_trials: int
+) -> int:
     """Start ``workers`` copies of this command as worker processes; show one progress bar over the study."""
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     procs = []
+    worker_argv = [sys.executable, "-m", "hpo.search", *_without_storage(argv)]
     for i in range(workers):
-        env = dict(os.environ)
+        env = {**os.environ, STORAGE_ENV: storage_url}
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        procs.append(subprocess.Popen([sys.executable, "-m", "hpo.search", *argv, "--worker-id", str(i)], env=env))
+        procs.append(subprocess.Popen([*worker_argv, "--worker-id", str(i)], env=env))
     finished = lambda: len(study.get_trials(deepcopy=False, states=FINISHED))  # noqa: E731
     with tqdm(total=n_trials, initial=min(n_trials, finished()), unit="trial", dynamic_ncols=True) as progress:
         try:
