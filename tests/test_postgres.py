@@ -43,7 +43,7 @@ def test_two_search_processes_share_one_study(postgres_url, tiny_data_dir, tmp_p
         "--n-trials",
         "8",
         "--epochs",
-        "6",
+        "3",
         "--pruner",
         "none",  # trials long enough that the second process joins before the first has run them all
         "--data-dir",

@@ -227,7 +227,7 @@ def test_retrain_in_study_mode_with_train_subset(tmp_path, tiny_data_dir):
     ]
     assert [c["trial_number"] for c in record["candidates"]] == [best.number, runner_up.number]
     assert record["train_images"] == 50 and record["test_images"] == 20  # --train-subset caps train + validation
-    assert all(c["config"]["epochs"] == 2 for c in record["candidates"])  # the trials' configs (--epochs 1 trains)
+    assert all(c["config"]["epochs"] == 1 for c in record["candidates"])  # the trials' configs, --epochs 1 over them
     stored = optuna.load_study(study_name="cifar10", storage=url).user_attrs["retrain"]
     assert stored["candidates"] == record["candidates"] and stored["winner"] == record["winner"]
     saved = json.loads((tmp_path / "cifar10-best" / "config.json").read_text())  # beside the study file

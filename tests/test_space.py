@@ -49,8 +49,8 @@ def test_sampled_configs_are_the_params_in_sgd_terms_and_stay_inside_the_ranges(
     base = TrainConfig(batch_size=512, label_smoothing=0.1)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     # The plain-SGD values the default decoupled ranges allow at this batch size and these momentum bounds.
-    lr_low = to_sgd(0.5, 1e-4, 0.6, 512)[0]
-    lr_high = to_sgd(32.0, 1e-4, 0.95, 512)[0]
+    lr_low = to_sgd(0.5, 1e-4, 0.95, 512)[0]  # more momentum, smaller SGD step
+    lr_high = to_sgd(32.0, 1e-4, 0.6, 512)[0]
     for _ in range(30):
         trial = study.ask()
         config = space.suggest(trial, base)
