@@ -25,7 +25,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 
 from hpo.errors import HpoError
 
@@ -83,15 +83,19 @@ def open_storage(url: str, heartbeat_interval: int | None = 30) -> BaseStorage:
                 # Optuna still labels heartbeat "experimental"; it is the mechanism we rely on.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-        except IntegrityError as err:
-            # Another host created the tables at the same moment (PostgreSQL's catalog collides): retry.
-            error: Exception = err
-            time.sleep(0.5 * (attempt + 1))
         except (SQLAlchemyError, ImportError, ValueError) as err:
-            error = err
-            break
+            error: Exception = err
+            if not _lost_schema_race(err):
+                break
+            time.sleep(0.5 * (attempt + 1))
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise HpoError(f"cannot open storage {redact(url)}: {reason}")
+
+
+def _lost_schema_race(err: Exception) -> bool:
+    """Another host created the tables at the same moment: PostgreSQL's catalog collides (a unique violation) or
+    the table it was about to create exists now ("relation ... already exists")."""
+    return isinstance(err, IntegrityError) or (isinstance(err, ProgrammingError) and "already exists" in str(err))
 
 
 def _prepare_sqlite(path: Path) -> None:

@@ -306,3 +306,31 @@ def test_export_document_redacts_the_storage_password(tmp_path):
     doc = export_document(study, study.best_trial, "postgresql+psycopg2://hpo:s3cret@dbhost:5432/hpo")
     assert doc["provenance"]["storage"] == "postgresql+psycopg2://hpo:***@dbhost:5432/hpo"
     assert "s3cret" not in dump(doc, "json") + dump(doc, "yaml")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "0"], "--seeds must be at least 1, got 0"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--train-subset", "-1"], "--train-subset must be at least 0, got -1"),
+        (["--baseline", "b.json"], "--baseline compares against --config"),
+    ],
+)
+def test_retrain_flags_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, args, message):
+    from hpo.errors import HpoError
+    from hpo.retrain import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HpoError, match=re.escape(message)):
+        main(["--data-dir", "no-data", *args])
+    assert list(tmp_path.iterdir()) == []  # no study file, no download
+
+
+def test_export_to_an_unwritable_place_is_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    make_study(url)
+    (tmp_path / "a-file").write_text("")
+    proc = run("hpo.export", "--storage", url, "--output", "a-file/best.json", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot write a-file/best.json")
+    assert len(proc.stderr.strip().splitlines()) == 1
