@@ -232,6 +232,7 @@ def test_retrain_in_study_mode_with_train_subset(tmp_path, tiny_data_dir):
     assert stored["candidates"] == record["candidates"] and stored["winner"] == record["winner"]
     saved = json.loads((tmp_path / "cifar10-best" / "config.json").read_text())  # beside the study file
     assert saved["provenance"]["label"] == record["winner"] and (tmp_path / "cifar10-best" / "model.pt").is_file()
+    assert saved["config"]["train_subset"] == 50 and saved["config"]["seed"] == 0  # what train() was given
 
 
 class _Result:
