@@ -16,6 +16,11 @@ def sqlite_url(path):
     return f"sqlite:///{path}"
 
 
+def default_sigint() -> None:
+    # A background job (`cmd &` in a script) starts with SIGINT ignored, and its children inherit that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def heartbeats(db) -> int:
     with sqlite3.connect(db) as conn:
         return conn.execute("SELECT count(*) FROM trial_heartbeats").fetchone()[0]
@@ -65,7 +70,11 @@ def test_ctrl_c_records_the_trial_and_the_next_run_continues(tiny_data_dir, tmp_
     url = sqlite_url(tmp_path / "s.db")
     args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "25", "--pruner", "none", *TINY]
     proc = subprocess.Popen(
-        search_cmd(*args, "--n-trials", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        search_cmd(*args, "--n-trials", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,  # as at a terminal, even when pytest itself runs where SIGINT is ignored
     )
     wait_for_running(url)
     proc.send_signal(sig)
