@@ -70,11 +70,14 @@ def test_two_search_processes_share_one_study(postgres_url, tiny_data_dir, tmp_p
     assert ran[0] | ran[1] == {t.number for t in done}
 
 
-def command_lines() -> dict[int, str]:
+def children(parent: int) -> dict[int, str]:
+    """Command lines of ``parent``'s child processes, as ``ps`` shows them to any user."""
     out = {}
     for proc in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError):  # it may have ended meanwhile
-            out[int(proc.name)] = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        with contextlib.suppress(OSError, IndexError, ValueError):  # it may have ended meanwhile
+            ppid = int(proc.joinpath("stat").read_text().rsplit(")", 1)[1].split()[1])
+            if ppid == parent:
+                out[int(proc.name)] = proc.joinpath("cmdline").read_bytes().replace(b"\0", b" ").decode()
     return out
 
 
@@ -94,9 +97,9 @@ def test_a_password_in_the_storage_url_never_leaves_the_process(postgres_url, ti
                    "--retrain-seeds", "1", "--workers", "2"),
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=tmp_path,
     )  # fmt: skip
-    workers = {}  # pid -> command line of the worker processes it started, as `ps` shows them to any user
+    workers = {}  # pid -> command line of the worker processes it started
     while search.poll() is None:
-        workers |= {pid: line for pid, line in command_lines().items() if "--worker-id" in line}
+        workers |= {pid: line for pid, line in children(search.pid).items() if "--worker-id" in line}
         time.sleep(0.05)
     search = subprocess.CompletedProcess(search.args, search.returncode, *search.communicate(timeout=60))
     assert search.returncode == 0, search.stderr
