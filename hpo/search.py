@@ -118,9 +118,10 @@ def main(argv: list[str] | None = None) -> int:
     n_trials = settings.n_trials
     if not is_worker:
         if existing is None and device.type == "cpu":
+            images = f"at most {settings.train_subset}" if settings.train_subset else "all"
             print(
                 f"no GPU: CPU defaults ({n_trials} trials x up to {settings.epochs} epochs, widths "
-                f"{'/'.join(map(str, settings.widths))}, batch {settings.batch_size}, at most {settings.train_subset} "
+                f"{'/'.join(map(str, settings.widths))}, batch {settings.batch_size}, {images} "
                 "training images); --n-trials/--epochs/--widths/--batch-size/--train-subset change them",
                 flush=True,
             )
