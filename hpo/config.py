@@ -159,10 +159,11 @@ def load_config(path: str | Path) -> TrainConfig:
         text = path.read_text()
     except OSError as err:
         raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
+    is_yaml = path.suffix in (".yaml", ".yml")  # anything else is read as JSON, and reported as such
     try:
-        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
+        data = yaml.safe_load(text) if is_yaml else json.loads(text)
     except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path} is not valid {'YAML' if path.suffix != '.json' else 'JSON'}: {err}") from None
+        raise ConfigError(f"{path} is not valid {'YAML' if is_yaml else 'JSON'}: {err}") from None
     if isinstance(data, dict) and "config" in data:
         data = data["config"]
     return TrainConfig.from_dict(data, source=str(path))

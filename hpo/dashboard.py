@@ -42,6 +42,8 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise HpoError(f"--port must be in 0..65535 (0 picks a free one), got {args.port}")
     url = args.storage or default_storage_url(args.study_name)
     study = load_existing_study(args.study_name, url)
 

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import TrainConfig
 from hpo.errors import ArgumentParser, HpoError, run_cli
-from hpo.storage import default_storage_url, load_existing_study
+from hpo.storage import default_storage_url, load_existing_study, redact
 
 PACKAGES = ("hpo", "torch", "torchvision", "optuna", "optuna-dashboard", "pandas")
 
@@ -48,11 +48,12 @@ def versions() -> dict[str, str]:
 
 
 def export_document(study: optuna.Study, trial: FrozenTrial, storage_url: str) -> dict[str, Any]:
+    """The trial's config and provenance; the storage URL is redacted (exported files are shared)."""
     return {
         "config": trial_config(trial).to_dict(),
         "provenance": {
             "study_name": study.study_name,
-            "storage": storage_url,
+            "storage": redact(storage_url),
             "trial_number": trial.number,
             "state": trial.state.name,
             "validation_accuracy": trial.value,
@@ -107,8 +108,11 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(args.output)
         else:
             path = Path(args.output or "studies") / f"{name}.{args.format}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+        except OSError as err:
+            raise HpoError(f"cannot write {path} ({err.strerror}): pass another --output") from None
         print(f"trial {trial.number} (validation accuracy {trial.value}) -> {path}")
     return 0
 

@@ -32,7 +32,7 @@ SAMPLER_TEXT = {
 PRUNER_TEXT = {
     "hyperband": "Hyperband over epochs (min 1 epoch, max {epochs}, reduction factor 3)",
     "asha": "ASHA / successive halving over epochs (min 1 epoch, reduction factor 3)",
-    "median": "median rule (after 4 trials, from epoch 2)",
+    "median": "median rule (after 4 completed trials, from epoch 2)",
     "none": "none: every trial runs all {epochs} epochs",
 }
 

@@ -1,12 +1,16 @@
 """The Optuna objective: trial -> config -> ``train`` with a reporting/pruning callback -> validation accuracy.
 
 Everything worth keeping about a trial goes into the storage as user attributes, pruned and failed trials
-included, so the study file is the system of record.
+included, so the study file is the system of record: a trial whose training raises (or is interrupted) still
+gets ``config``, ``seed``, ``device``, ``val_acc_curve``, ``val_loss_curve`` and ``epochs_run`` up to the failure,
+and ``wall_seconds``.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -56,18 +60,27 @@ class Objective:
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("device", str(self.device))
 
+        history: list[EpochStats] = []
+
         def report_and_ask(stats: EpochStats) -> bool:
+            history.append(stats)
             trial.report(stats.val_acc, stats.epoch)
             return trial.should_prune()  # True stops training; we raise TrialPruned once it has returned
 
-        result = train(
-            config,
-            self.train_data,
-            self.val_data,
-            self.device,
-            on_epoch=report_and_ask,
-            checkpoint=self.checkpoint_path(origin),
-        )
+        started = time.perf_counter()
+        try:
+            result = train(
+                config,
+                self.train_data,
+                self.val_data,
+                self.device,
+                on_epoch=report_and_ask,
+                checkpoint=self.checkpoint_path(origin),
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):  # best effort: the original error is what matters
+                _record_failed(trial, history, time.perf_counter() - started)
+            raise
         _record(trial, result)
         if self.artifact_store is not None:
             try:
@@ -84,10 +97,20 @@ class Objective:
         return result.val_acc
 
 
+def _record_curves(trial: optuna.Trial, history: list[EpochStats]) -> None:
+    trial.set_user_attr("val_acc_curve", [round(s.val_acc, 6) for s in history])
+    trial.set_user_attr("val_loss_curve", [round(s.val_loss, 6) for s in history])
+    trial.set_user_attr("epochs_run", len(history))
+
+
+def _record_failed(trial: optuna.Trial, history: list[EpochStats], wall_seconds: float) -> None:
+    """What a trial whose training raised had done: its epochs so far and the time it took."""
+    _record_curves(trial, history)
+    trial.set_user_attr("wall_seconds", round(wall_seconds, 3))
+
+
 def _record(trial: optuna.Trial, result: TrainResult) -> None:
-    trial.set_user_attr("val_acc_curve", [round(s.val_acc, 6) for s in result.history])
-    trial.set_user_attr("val_loss_curve", [round(s.val_loss, 6) for s in result.history])
-    trial.set_user_attr("epochs_run", result.epochs_run)
+    _record_curves(trial, result.history)
     trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
     trial.set_user_attr("wall_seconds", round(result.wall_seconds, 3))
     trial.set_user_attr("images_per_second", round(result.images_per_second, 1))

@@ -3,8 +3,8 @@ evaluate on the test set, the first and only use of it.
 
 From a study, the best completed trial is compared with the runner-up; from ``--config`` files, the config is
 compared with ``--baseline`` if given. Results (per-seed test accuracy, mean, sd, 95 % CI, Welch's t-test) are
-stored in the study as the ``retrain`` user attribute; the first seed's weights of the winner are saved with its
-config under ``studies/``.
+stored in the study as the ``retrain`` user attribute; the seed-0 weights of the winner (the candidate with the
+higher mean test accuracy) are saved with its config under ``studies/``.
 """
 
 from __future__ import annotations
@@ -49,9 +49,12 @@ def retrain(
     weights_dir: Path | None = None,
     train_subset: int = 0,
 ) -> dict[str, Any]:
-    """Train every candidate with seeds 0..n_seeds-1 on the whole training set; score each on the test set."""
-    results = []
-    for index, cand in enumerate(candidates):
+    """Train every candidate with seeds 0..n_seeds-1 on the whole training set; score each on the test set.
+
+    The winner is the candidate with the higher mean test accuracy (the first on a tie); its seed-0 weights go
+    to ``weights_dir``."""
+    results, first_models = [], []
+    for cand in candidates:
         accuracies = []
         for seed in range(n_seeds):
             config = cand.config.replace(seed=seed, train_subset=train_subset)
@@ -61,8 +64,8 @@ def retrain(
                 f"retrain {cand.label}: seed {seed} test acc {result.val_acc:.4f} ({result.train_seconds:.0f}s)",
                 flush=True,
             )
-            if index == 0 and seed == 0 and weights_dir is not None:
-                save_weights(weights_dir, result.model, config, cand)
+            if seed == 0:
+                first_models.append((_cpu_state(result.model), config))
         summary = summarize(accuracies)
         print(f"retrain {cand.label}: test accuracy {summary}", flush=True)
         results.append(
@@ -89,12 +92,21 @@ def retrain(
         record["comparison"] = comparison.to_dict()
         record["verdict"] = comparison.verdict(results[0]["label"], results[1]["label"])
         print(f"retrain verdict: {record['verdict']}", flush=True)
+    winner = max(range(len(results)), key=lambda i: (results[i]["summary"]["mean"], -i))
+    record["winner"] = results[winner]["label"]
+    if weights_dir is not None:
+        save_weights(weights_dir, *first_models[winner], candidates[winner])
+        print(f"retrain: seed-0 weights of the winner, {record['winner']}, in {weights_dir}", flush=True)
     return record
 
 
-def save_weights(folder: Path, model: torch.nn.Module, config: TrainConfig, cand: Candidate) -> None:
+def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+
+def save_weights(folder: Path, state: dict[str, torch.Tensor], config: TrainConfig, cand: Candidate) -> None:
     folder.mkdir(parents=True, exist_ok=True)
-    torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, folder / "model.pt")
+    torch.save(state, folder / "model.pt")
     doc = {"config": config.to_dict(), "provenance": {"label": cand.label, "trial_number": cand.trial_number}}
     (folder / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
 
@@ -135,7 +147,8 @@ def retrain_markdown(record: dict) -> str:
     if "verdict" in record:
         lines += ["", f"Verdict: {record['verdict']}."]
     if record.get("weights"):
-        lines += ["", f"Weights of the winner (seed 0): `{record['weights']}` (also a study artifact)."]
+        winner = record.get("winner", "the winner")
+        lines += ["", f"Weights of the winner, {winner} (seed 0): `{record['weights']}` (also a study artifact)."]
     return "\n".join(lines)
 
 
@@ -155,8 +168,13 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.baseline and not args.config:
         raise HpoError("--baseline compares against --config: give both")
-    if args.seeds is not None and args.seeds < 1:
-        raise HpoError(f"--seeds must be at least 1, got {args.seeds}")
+    for name, value, minimum in (
+        ("seeds", args.seeds, 1),
+        ("epochs", args.epochs, 1),
+        ("train-subset", args.train_subset, 0),
+    ):
+        if value is not None and value < minimum:
+            raise HpoError(f"--{name} must be at least {minimum}, got {value}")
     device = resolve_device(args.device)
     n_seeds = args.seeds or default_seeds(device)
     study = None
@@ -172,7 +190,7 @@ def main(argv: list[str] | None = None) -> int:
     else:
         candidates = study_candidates(study)
         weights = files_dir(url) / f"{study.study_name}-best"
-    if args.epochs:
+    if args.epochs is not None:
         candidates = [Candidate(c.label, c.config.replace(epochs=args.epochs), c.trial_number) for c in candidates]
     data = load_cifar10(args.data_dir)
     record = retrain(candidates, data, device, n_seeds, weights, args.train_subset)

@@ -1,14 +1,16 @@
 """``python -m hpo.search``: an Optuna study over CIFAR-10 training configs, stored in SQLite (or any Optuna storage).
 
 Re-running the same command continues the study: ``--n-trials`` is the study's total of finished (complete or
-pruned) trials, counted across workers and restarts. Settings not given on the command line are taken from the
-study when it exists, else from the machine's defaults (smaller on a CPU-only machine).
+pruned) trials, counted across workers and restarts. Settings not given on the command line (``--n-trials``
+included) are taken from the study when it exists, else from the machine's defaults (smaller on a CPU-only machine).
+Every option is checked before anything is opened or trained; a refused run changes no stored byte.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import subprocess
 import sys
@@ -21,7 +23,7 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from hpo.config import TrainConfig
+from hpo.config import ConfigError, TrainConfig
 from hpo.data import load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import dump, export_document, ranked_trials
@@ -30,7 +32,7 @@ from hpo.objective import OBJECTIVE_NAME, SETTINGS_ATTR, Objective
 from hpo.report import write_report
 from hpo.retrain import default_seeds, retrain_study
 from hpo.space import SearchSpace
-from hpo.storage import default_storage_url, files_dir, open_storage
+from hpo.storage import default_storage_url, files_dir, open_storage, redact, use_wal
 from hpo.train import resolve_device
 from hpo.worker import FINISHED, quiet_optuna, run_worker
 
@@ -43,12 +45,16 @@ PRUNERS = ("hyperband", "asha", "median", "none")
 GPU_DEFAULTS = {"n_trials": 50, "epochs": 10, "widths": (64, 256, 256), "train_subset": 0, "batch_size": 512}
 CPU_DEFAULTS = {"n_trials": 12, "epochs": 6, "widths": (32, 64, 128), "train_subset": 5000, "batch_size": 128}
 MACHINE_KEYS = ("epochs", "widths", "train_subset", "batch_size")
+# The storage URL reaches --workers processes through the environment (readable by the same user only), not
+# their command line (readable by everyone on the machine through ps), since it may carry a password.
+STORAGE_ENV = "HPO_WORKER_STORAGE"
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """What defines a study's search; stored with it so a resumed run searches the same thing."""
+    """What defines a study's search; stored with it so a resumed run searches the same thing (and as many trials)."""
 
+    n_trials: int
     epochs: int
     widths: tuple[int, int, int]
     train_subset: int
@@ -60,7 +66,8 @@ class Settings:
     space: dict[str, Any]
 
     def base_config(self) -> TrainConfig:
-        return TrainConfig(
+        """The recipe at this search's size: what every parameter the space does not sample takes."""
+        return TrainConfig.recipe(
             epochs=self.epochs, widths=self.widths, train_subset=self.train_subset, batch_size=self.batch_size
         )
 
@@ -98,30 +105,35 @@ def main(argv: list[str] | None = None) -> int:
     quiet_optuna()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    _check_counts(args)
+    check_args(args)
     device = resolve_device(args.device)
     space = SearchSpace.load(args.space) if args.space else None
-    storage_url = args.storage or default_storage_url(args.study_name)
-    storage = open_storage(storage_url, heartbeat_interval=args.heartbeat or None)
     is_worker = args.worker_id is not None
+    inherited = os.environ.get(STORAGE_ENV) if is_worker else None
+    storage_url = args.storage or inherited or default_storage_url(args.study_name)
+    storage = open_storage(storage_url, heartbeat_interval=args.heartbeat or None)
 
     existing = _existing_settings(storage, args.study_name)
     defaults = CPU_DEFAULTS if device.type == "cpu" else GPU_DEFAULTS
     settings = _resolve_settings(args, space, existing, defaults)
-    n_trials = args.n_trials or defaults["n_trials"]
+    n_trials = settings.n_trials
     if not is_worker:
         if existing is None and device.type == "cpu":
+            images = f"at most {settings.train_subset}" if settings.train_subset else "all"
             print(
                 f"no GPU: CPU defaults ({n_trials} trials x up to {settings.epochs} epochs, widths "
-                f"{'/'.join(map(str, settings.widths))}, batch {settings.batch_size}, at most {settings.train_subset} "
+                f"{'/'.join(map(str, settings.widths))}, batch {settings.batch_size}, {images} "
                 "training images); --n-trials/--epochs/--widths/--batch-size/--train-subset change them",
                 flush=True,
             )
-        print(f"study {args.study_name!r} in {storage_url}", flush=True)
+        print(f"study {args.study_name!r} in {redact(storage_url)}", flush=True)
 
     data = load_cifar10(args.data_dir)  # before touching the study: bad data must not leave an empty study behind
     study = _create_or_load_study(storage, args.study_name, settings, existing)
+    use_wal(storage_url)  # only now: every check that may refuse the run has passed
     if not is_worker:
+        if existing != settings.to_json():
+            study.set_user_attr(SETTINGS_ATTR, settings.to_json())  # a plain rerun resumes these (and n_trials)
         data_text = (
             f"CIFAR-10 from `{args.data_dir}`: {len(data.train)} training images (a seeded "
             f"{settings.val_fraction:.0%} of them for validation) and {len(data.test)} test images (retrain only)"
@@ -130,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
 
     if args.workers > 1 and not is_worker:
-        code = _run_workers(argv, args.workers, device, study, n_trials)
+        code = _run_workers(argv, storage_url, args.workers, device, study, n_trials)
     else:
         train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
         objective = Objective(
@@ -175,7 +187,10 @@ def finish_pipeline(study: optuna.Study, storage_url: str, data, device: torch.d
     )
 
 
-def _check_counts(args) -> None:
+def check_args(args: argparse.Namespace) -> None:
+    """Refuse bad option values before anything is opened, loaded or trained (one line each)."""
+    if not args.study_name.strip():
+        raise HpoError("--study-name must not be empty")
     for name, minimum in (
         ("n_trials", 1),
         ("epochs", 1),
@@ -183,12 +198,22 @@ def _check_counts(args) -> None:
         ("batch_size", 1),
         ("heartbeat", 0),
         ("train_subset", 0),
+        ("seed", 0),
+        ("retrain_seeds", 1),
     ):
         value = getattr(args, name)
         if value is not None and value < minimum:
             raise HpoError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
-    if args.timeout is not None and args.timeout <= 0:
+    if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise HpoError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if args.val_fraction is not None and not 0 < args.val_fraction < 1:
+        raise HpoError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
+    for name in ("epochs", "widths", "batch_size", "train_subset"):
+        value = getattr(args, name)
+        try:
+            TrainConfig(**({name: value} if value is not None else {}))
+        except ConfigError as err:
+            raise HpoError(f"--{name.replace('_', '-')}: {err}") from None
 
 
 def _existing_settings(storage: optuna.storages.BaseStorage, name: str) -> dict | None:
@@ -202,6 +227,7 @@ def _existing_settings(storage: optuna.storages.BaseStorage, name: str) -> dict 
 def _resolve_settings(args, space: SearchSpace | None, existing: dict | None, defaults: dict) -> Settings:
     """Command line > the existing study's stored settings > machine defaults; conflicts are errors."""
     given = {
+        "n_trials": args.n_trials,
         "epochs": args.epochs,
         "widths": tuple(args.widths) if args.widths else None,
         "train_subset": args.train_subset,
@@ -213,6 +239,7 @@ def _resolve_settings(args, space: SearchSpace | None, existing: dict | None, de
         "space": space.describe() if space else None,
     }
     fallback = {
+        "n_trials": defaults["n_trials"],
         **{k: defaults[k] for k in MACHINE_KEYS},
         "val_fraction": 0.1,
         "seed": 0,
@@ -244,6 +271,8 @@ def _resolve_settings(args, space: SearchSpace | None, existing: dict | None, de
 def _create_or_load_study(storage, name: str, settings: Settings, existing: dict | None) -> optuna.Study:
     # Hosts starting at once: open_storage already retried the schema race, and load_if_exists turns a lost
     # race to create the study into loading it.
+    if existing is not None:
+        _check_direction(storage.get_study_directions(storage.get_study_id_from_name(name)), name)
     study = optuna.create_study(
         storage=storage,
         study_name=name,
@@ -252,15 +281,17 @@ def _create_or_load_study(storage, name: str, settings: Settings, existing: dict
         sampler=_make_sampler(settings, 0, 0),
         pruner=_make_pruner(settings),
     )
-    if study.direction != optuna.study.StudyDirection.MAXIMIZE:
-        raise HpoError(
-            f"study {name!r} exists but minimizes its objective; hpo maximizes {OBJECTIVE_NAME}: "
-            "pass a new --study-name"
-        )
+    _check_direction(study.directions, name)
     if not existing:
-        study.set_user_attr(SETTINGS_ATTR, settings.to_json())
         study.set_metric_names([OBJECTIVE_NAME])
     return study
+
+
+def _check_direction(directions: list[optuna.study.StudyDirection], name: str) -> None:
+    if directions == [optuna.study.StudyDirection.MAXIMIZE]:
+        return
+    what = "minimizes its objective" if len(directions) == 1 else f"has {len(directions)} objectives"
+    raise HpoError(f"study {name!r} exists but {what}; hpo maximizes {OBJECTIVE_NAME}: pass a new --study-name")
 
 
 def _make_sampler(settings: Settings, worker: int, n_existing: int) -> optuna.samplers.BaseSampler:
@@ -282,19 +313,36 @@ def _make_pruner(settings: Settings) -> optuna.pruners.BasePruner:
     if settings.pruner == "asha":
         return optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=3)
     if settings.pruner == "median":
-        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=1)
+        # Epochs are steps 1, 2, ...: a warm-up of 2 steps prunes from epoch 2 on (after 4 completed trials).
+        return optuna.pruners.MedianPruner(n_startup_trials=4, n_warmup_steps=2)
     return optuna.pruners.NopPruner()
 
 
-def _run_workers(argv: list[str], workers: int, device: torch.device, study: optuna.Study, n_trials: int) -> int:
+def _without_storage(argv: list[str]) -> list[str]:
+    """``argv`` minus ``--storage URL`` / ``--storage=URL``."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg == "--storage":
+            skip = True
+        elif not arg.startswith("--storage="):
+            out.append(arg)
+    return out
+
+
+def _run_workers(
+    argv: list[str], storage_url: str, workers: int, device: torch.device, study: optuna.Study, n_trials: int
+) -> int:
     """Start ``workers`` copies of this command as worker processes; show one progress bar over the study."""
     gpus = torch.cuda.device_count() if device.type == "cuda" else 0
     procs = []
+    worker_argv = [sys.executable, "-m", "hpo.search", *_without_storage(argv)]
     for i in range(workers):
-        env = dict(os.environ)
+        env = {**os.environ, STORAGE_ENV: storage_url}
         if gpus > 1:
             env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        procs.append(subprocess.Popen([sys.executable, "-m", "hpo.search", *argv, "--worker-id", str(i)], env=env))
+        procs.append(subprocess.Popen([*worker_argv, "--worker-id", str(i)], env=env))
     finished = lambda: len(study.get_trials(deepcopy=False, states=FINISHED))  # noqa: E731
     with tqdm(total=n_trials, initial=min(n_trials, finished()), unit="trial", dynamic_ncols=True) as progress:
         try:

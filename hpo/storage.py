@@ -1,7 +1,8 @@
 """Open an Optuna storage from a URL, set up for several writers and a live reader.
 
-- ``sqlite:///path.db``: WAL journal (readers such as the dashboard never block writers, and it persists in the
-  file) plus a long busy timeout, so concurrent workers wait for the write lock instead of failing.
+- ``sqlite:///path.db``: a long busy timeout, so concurrent workers wait for the write lock instead of failing, and
+  (``use_wal``, once the caller's checks have passed) WAL journal mode: readers such as the dashboard never block
+  writers, and it persists in the file. Opening alone changes no byte of an existing file.
 - ``postgresql://...`` / ``mysql://...``: Optuna's RDB storage; this is how several hosts share one study.
 - ``journal:path.log``: Optuna's journal file storage.
 
@@ -12,6 +13,7 @@ is stale and re-queued with the same parameters by ``RetryHeartbeatStaleTrialCal
 from __future__ import annotations
 
 import contextlib
+import re
 import sqlite3
 import threading
 import time
@@ -23,7 +25,7 @@ from pathlib import Path
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, IntegrityError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, IntegrityError, ProgrammingError, SQLAlchemyError
 
 from hpo.errors import HpoError
 
@@ -34,6 +36,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     RETRY_STALE = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 SCHEMA_RETRIES = 4
+_PASSWORD = re.compile(r"(//[^/:@]*:)[^/]*@")
 
 
 def default_storage_url(study_name: str, studies_dir: str | Path = "studies") -> str:
@@ -56,9 +59,10 @@ def open_storage(url: str, heartbeat_interval: int | None = 30) -> BaseStorage:
         return _journal(url.removeprefix("journal:").removeprefix("//"))
     try:
         parsed = make_url(url)
-    except ArgumentError:
+    except (ArgumentError, ValueError):
         raise HpoError(
-            f"malformed storage URL {url!r}: use sqlite:///path.db, postgresql://user@host/db or journal:path.log"
+            f"malformed storage URL {redact(url)!r}: "
+            "use sqlite:///path.db, postgresql://user@host/db or journal:path.log"
         ) from None
     engine_kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
@@ -79,27 +83,52 @@ def open_storage(url: str, heartbeat_interval: int | None = 30) -> BaseStorage:
                 # Optuna still labels heartbeat "experimental"; it is the mechanism we rely on.
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return RDBStorage(url, engine_kwargs=engine_kwargs, **heartbeat)
-        except IntegrityError as err:
-            # Another host created the tables at the same moment (PostgreSQL's catalog collides): retry.
-            error: Exception = err
-            time.sleep(0.5 * (attempt + 1))
         except (SQLAlchemyError, ImportError, ValueError) as err:
-            error = err
-            break
+            error: Exception = err
+            if not _lost_schema_race(err):
+                break
+            time.sleep(0.5 * (attempt + 1))
     reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     raise HpoError(f"cannot open storage {redact(url)}: {reason}")
 
 
+def _lost_schema_race(err: Exception) -> bool:
+    """Another host created the tables at the same moment: PostgreSQL's catalog collides (a unique violation) or
+    the table it was about to create exists now ("relation ... already exists")."""
+    return isinstance(err, IntegrityError) or (isinstance(err, ProgrammingError) and "already exists" in str(err))
+
+
 def _prepare_sqlite(path: Path) -> None:
+    """Check that the file can be opened (read-only: an existing file is left byte-for-byte as it was)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S) as conn:
-            conn.execute("PRAGMA journal_mode=WAL")
+        conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
     except (OSError, sqlite3.Error) as err:
         raise HpoError(
             f"cannot open SQLite study file {path} ({err}): check that {path.parent} exists and is writable, "
             "or pass --storage with another location"
         ) from None
+
+
+def use_wal(url: str) -> None:
+    """Switch a SQLite study file to WAL journal mode (kept by the file); other storages are left alone.
+
+    Call it only after the checks that may refuse the run, so a refused run changes nothing."""
+    if not url.startswith("sqlite:///"):
+        return
+    path = Path(make_url(url).database or "")
+    try:
+        conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error as err:
+        raise HpoError(f"cannot switch SQLite study file {path} to WAL mode ({err})") from None
 
 
 def _journal(path: str) -> BaseStorage:
@@ -113,10 +142,13 @@ def _journal(path: str) -> BaseStorage:
 
 
 def redact(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``: what may be printed or written to a file."""
+    if url.startswith("journal:"):
+        return url
     try:
         return make_url(url).render_as_string(hide_password=True)
-    except ArgumentError:
-        return url
+    except (ArgumentError, ValueError):
+        return _PASSWORD.sub(r"\1***@", url)  # not a URL SQLAlchemy parses: hide anything like user:secret@
 
 
 def heartbeat_interval(storage: BaseStorage) -> int | None:
@@ -167,8 +199,10 @@ def load_existing_study(study_name: str, url: str | None = None) -> optuna.Study
         )
     storage = open_storage(url, heartbeat_interval=None)
     try:
-        return optuna.load_study(study_name=study_name, storage=storage)
+        study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         held = f"it holds {', '.join(repr(n) for n in names)} (pass --study-name)" if names else "it holds no study"
         raise HpoError(f"no study {study_name!r} in {redact(url)}: {held}") from None
+    use_wal(url)  # a reader beside running workers never blocks them
+    return study

@@ -60,9 +60,8 @@ def run_worker(
                 # Other workers hold the last trials; wait in case one of them dies and its trial is retried.
                 time.sleep(WAIT_POLL_S)
                 continue
-            trial = study.ask()
-            if _is_surplus(study, trial, n_trials):
-                study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+            trial = claim_trial(study, n_trials)
+            if trial is None:
                 continue
             origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(study._storage.get_trial(trial._trial_id))
             origin = trial.number if origin is None else origin
@@ -81,9 +80,15 @@ def run_worker(
     return 0
 
 
-def _is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
+    """``study.ask()``, unless the asked trial lost the race for the last slot: then it goes back to the queue
+    (WAITING, untouched) for a later run, and the answer is None."""
+    trial = study.ask()
     earlier = [t for t in study.get_trials(deepcopy=False, states=TAKEN) if t.number < trial.number]
-    return len(earlier) >= n_trials
+    if len(earlier) < n_trials:
+        return trial
+    study._storage.set_trial_state_values(trial._trial_id, TrialState.WAITING)
+    return None
 
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, origin: int) -> tuple[TrialState, str]:

@@ -71,3 +71,13 @@ def test_unreadable_and_malformed_files_give_clear_errors(tmp_path):
     (tmp_path / "bad.json").write_text("{lr: ")
     with pytest.raises(ConfigError, match="not valid JSON"):
         load_config(tmp_path / "bad.json")
+
+
+def test_a_file_read_as_json_is_reported_as_json_whatever_its_suffix(tmp_path):
+    for name in ("bad.txt", "bad.cfg", "bad"):
+        (tmp_path / name).write_text("{lr: ")
+        with pytest.raises(ConfigError, match=f"{name} is not valid JSON"):
+            load_config(tmp_path / name)
+    (tmp_path / "bad.yml").write_text("lr: [1, 2\n")
+    with pytest.raises(ConfigError, match="bad.yml is not valid YAML"):
+        load_config(tmp_path / "bad.yml")

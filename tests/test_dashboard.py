@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import sqlite3
 import subprocess
@@ -146,8 +147,26 @@ def test_dashboard_serves_a_searched_study(live, tmp_path):
         status, page = dash.get(f"/dashboard/studies/{dash.study_id}")
         assert status == 200 and b"<html" in page.lower()
         assert dash.get_json("/api/meta")["artifact_is_available"] is True
-    assert (live.db.parent / "cifar10-artifacts").is_dir()  # the default store, beside the study file
     assert "Traceback" not in dash.output()
+
+
+def test_artifacts_come_from_the_default_folder_or_artifacts_and_host_is_obeyed(live, tmp_path):
+    db = copy_study(live.db, tmp_path / "a" / "cifar10.db")
+    url = f"sqlite:///{db}"
+    shutil.copytree(live.db.parent / "cifar10-artifacts", db.parent / "cifar10-artifacts")
+    trial = live.final["trials"][0]
+    path = f"/artifacts/{{}}/{trial['trial_id']}/{trial['artifacts'][0]['artifact_id']}"
+    with serve("--storage", url, logs=tmp_path / "l1") as dash:  # default: <study folder>/<study>-artifacts
+        assert dash.get(path.format(dash.study_id))[0] == 200
+    moved = (db.parent / "cifar10-artifacts").rename(tmp_path / "store")
+    with serve("--storage", url, "--artifacts", str(moved), logs=tmp_path / "l2") as dash:
+        assert dash.get(path.format(dash.study_id))[0] == 200
+    assert not (db.parent / "cifar10-artifacts").exists()  # --artifacts given: the default folder is not used
+    with serve("--storage", url, "--host", "127.0.0.2", logs=tmp_path / "l3") as dash:
+        assert dash.base.startswith("http://127.0.0.2:") and dash.get("/api/meta")[0] == 200
+        port = int(dash.base.rsplit(":", 1)[1])
+        with pytest.raises(ConnectionRefusedError), socket.create_connection(("127.0.0.1", port), timeout=5):
+            pass  # listening on 127.0.0.2 only
 
 
 def _has_study(db: Path) -> bool:
@@ -251,3 +270,5 @@ def test_missing_or_wrong_study_is_one_line(live, tmp_path):
         port = str(taken.getsockname()[1])
         err = _one_line_error("--storage", f"sqlite:///{live.db}", "--port", port, cwd=repo)
     assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    err = _one_line_error("--storage", f"sqlite:///{live.db}", "--port", "70000", cwd=repo)
+    assert "--port must be in 0..65535" in err

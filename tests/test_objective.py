@@ -55,4 +55,38 @@ def test_objective_raises_trial_pruned(objective):
 def test_trial_seeds_differ_by_trial_and_study():
     seeds = {trial_seed(s, n) for s in range(3) for n in range(50)}
     assert len(seeds) == 150
-    assert trial_seed(0, 5) == trial_seed(0, 5)
+    assert (trial_seed(0, 5), trial_seed(2, 5)) == (5, 2_000_011)  # study seed x 1_000_003 + trial number
+    assert all(0 <= trial_seed(s, n) < 2**31 for s in (0, 4000, 2**40) for n in (0, 10**6))
+
+
+def test_a_retried_trial_trains_with_the_seed_of_the_trial_it_retries(objective):
+    study = optuna.create_study(direction="maximize")
+    for _ in range(4):
+        study.tell(study.ask(), 0.0)
+    trial = study.ask()  # trial 4, retrying trial 1
+    assert objective.config_for(trial, origin=1).seed == trial_seed(7, 1) != trial_seed(7, 4)
+    assert objective.config_for(trial, origin=4).seed == trial_seed(7, 4)
+
+
+def test_a_failed_trial_keeps_its_epochs_and_time(objective, monkeypatch):
+    import hpo.objective
+
+    real_train = hpo.objective.train
+
+    def fails_in_epoch_3(config, *args, on_epoch, **kwargs):
+        def watch(stats):
+            if stats.epoch == 3:
+                raise RuntimeError("disk full")
+            return on_epoch(stats)
+
+        return real_train(config, *args, on_epoch=watch, **kwargs)
+
+    monkeypatch.setattr(hpo.objective, "train", fails_in_epoch_3)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    study.optimize(objective, n_trials=1, catch=(RuntimeError,))
+    trial = study.trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    attrs = trial.user_attrs
+    assert attrs["epochs_run"] == 2 and len(attrs["val_acc_curve"]) == len(attrs["val_loss_curve"]) == 2
+    assert attrs["val_acc_curve"] == pytest.approx([trial.intermediate_values[e] for e in (1, 2)], abs=1e-6)
+    assert attrs["wall_seconds"] > 0 and attrs["seed"] == trial_seed(7, 0) and "config" in attrs

@@ -8,12 +8,14 @@ import sys
 import optuna
 import pandas as pd
 import pytest
+import torch
+import yaml
 from optuna.distributions import CategoricalDistribution, FloatDistribution
 from optuna.trial import TrialState, create_trial
 from PIL import Image
 
 from hpo.config import TrainConfig, load_config
-from hpo.export import trial_config
+from hpo.export import dump, trial_config
 from hpo.report import write_report
 from hpo.stats import summarize, welch
 
@@ -207,3 +209,129 @@ def test_retrain_config_against_baseline_stores_result(tmp_path, tiny_data_dir):
     stored = optuna.load_study(study_name="cifar10", storage=url).user_attrs["retrain"]
     assert stored["candidates"][0]["test_acc"] == record["candidates"][0]["test_acc"]
     assert (tmp_path / "a-retrain" / "model.pt").is_file()  # beside the study file
+
+
+def test_retrain_in_study_mode_with_train_subset(tmp_path, tiny_data_dir):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = make_study(url)
+    proc = run(
+        "hpo.retrain", "--storage", url, "--seeds", "1", "--epochs", "1", "--train-subset", "50",
+        "--data-dir", str(tiny_data_dir), "--device", "cpu", "--output", "r.json", cwd=tmp_path,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads((tmp_path / "r.json").read_text())
+    best, runner_up = sorted((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: -t.value)[:2]
+    assert [c["label"] for c in record["candidates"]] == [
+        f"best (trial {best.number})",
+        f"runner-up (trial {runner_up.number})",
+    ]
+    assert [c["trial_number"] for c in record["candidates"]] == [best.number, runner_up.number]
+    assert record["train_images"] == 50 and record["test_images"] == 20  # --train-subset caps train + validation
+    assert all(c["config"]["epochs"] == 1 for c in record["candidates"])  # the trials' configs, --epochs 1 over them
+    stored = optuna.load_study(study_name="cifar10", storage=url).user_attrs["retrain"]
+    assert stored["candidates"] == record["candidates"] and stored["winner"] == record["winner"]
+    saved = json.loads((tmp_path / "cifar10-best" / "config.json").read_text())  # beside the study file
+    assert saved["provenance"]["label"] == record["winner"] and (tmp_path / "cifar10-best" / "model.pt").is_file()
+    assert saved["config"]["train_subset"] == 50 and saved["config"]["seed"] == 0  # what train() was given
+
+
+class _Result:
+    def __init__(self, acc: float, fill: float) -> None:
+        self.val_acc, self.train_seconds = acc, 1.0
+        self.model = torch.nn.Linear(2, 1)
+        torch.nn.init.constant_(self.model.weight, fill)
+
+
+def test_retrain_saves_the_winners_weights_not_the_first_candidates(tmp_path, tiny_data_dir, monkeypatch):
+    import hpo.retrain
+    from hpo.data import load_cifar10
+
+    accuracy = {0.01: 0.30, 0.02: 0.60}  # by lr: the runner-up is clearly better on the test set
+
+    def fake_train(config, *args, **kwargs):
+        return _Result(accuracy[config.lr] + 0.001 * config.seed, fill=config.lr)
+
+    monkeypatch.setattr(hpo.retrain, "train", fake_train)
+    candidates = [
+        hpo.retrain.Candidate("best (trial 1)", TINY_CONFIG.replace(lr=0.01), 1),
+        hpo.retrain.Candidate("runner-up (trial 2)", TINY_CONFIG.replace(lr=0.02), 2),
+    ]
+    data = load_cifar10(tiny_data_dir, download=False)
+    record = hpo.retrain.retrain(candidates, data, torch.device("cpu"), 3, tmp_path / "w")
+    assert record["winner"] == "runner-up (trial 2)" and "runner-up (trial 2) is better" in record["verdict"]
+    saved = json.loads((tmp_path / "w" / "config.json").read_text())
+    assert saved["provenance"] == {"label": "runner-up (trial 2)", "trial_number": 2}
+    assert saved["config"]["lr"] == 0.02 and saved["config"]["seed"] == 0
+    weights = torch.load(tmp_path / "w" / "model.pt", weights_only=True)
+    assert torch.all(weights["weight"] == 0.02)
+    assert "runner-up (trial 2)" in hpo.retrain.retrain_markdown(record)
+
+
+def test_report_command_default_folder_and_output_dir(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    make_study(url)
+    default = run("hpo.report", "--storage", url, cwd=tmp_path)
+    assert default.returncode == 0, default.stderr
+    assert "# Study cifar10" in default.stdout and "written to reports/cifar10/" in default.stdout
+    chosen = run("hpo.report", "--storage", url, "--output-dir", "elsewhere/r", cwd=tmp_path)
+    assert chosen.returncode == 0 and "written to elsewhere/r/" in chosen.stdout
+    for folder in (tmp_path / "reports" / "cifar10", tmp_path / "elsewhere" / "r"):
+        names = {p.name for p in folder.iterdir()}
+        assert {"summary.md", "summary.html", "trials.csv", "curves.png"} <= names, folder
+    (tmp_path / "a-file").write_text("")
+    bad = run("hpo.report", "--storage", url, "--output-dir", "a-file/r", cwd=tmp_path)
+    assert bad.returncode == 2 and "cannot write the report to a-file/r" in bad.stderr
+    assert "Traceback" not in bad.stderr
+
+
+def test_export_default_path_and_stdout(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = make_study(url)
+    default = run("hpo.export", "--storage", url, cwd=tmp_path)
+    assert default.returncode == 0, default.stderr
+    path = tmp_path / "studies" / "cifar10-best.json"
+    assert f"-> {path.relative_to(tmp_path)}" in default.stdout
+    assert load_config(path) == trial_config(study.best_trial)
+    printed = run("hpo.export", "--storage", url, "--output", "-", "--format", "yaml", cwd=tmp_path)
+    assert printed.returncode == 0, printed.stderr
+    doc = yaml.safe_load(printed.stdout)
+    assert doc["config"] == trial_config(study.best_trial).to_dict()
+    assert doc["provenance"]["trial_number"] == study.best_trial.number
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == ["cifar10-best.json"]  # - wrote no file
+
+
+def test_export_document_redacts_the_storage_password(tmp_path):
+    from hpo.export import export_document
+
+    study = make_study(f"sqlite:///{tmp_path / 's.db'}")
+    doc = export_document(study, study.best_trial, "postgresql+psycopg2://hpo:s3cret@dbhost:5432/hpo")
+    assert doc["provenance"]["storage"] == "postgresql+psycopg2://hpo:***@dbhost:5432/hpo"
+    assert "s3cret" not in dump(doc, "json") + dump(doc, "yaml")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--seeds", "0"], "--seeds must be at least 1, got 0"),
+        (["--epochs", "0"], "--epochs must be at least 1, got 0"),
+        (["--train-subset", "-1"], "--train-subset must be at least 0, got -1"),
+        (["--baseline", "b.json"], "--baseline compares against --config"),
+    ],
+)
+def test_retrain_flags_are_checked_before_anything_is_loaded(tmp_path, monkeypatch, args, message):
+    from hpo.errors import HpoError
+    from hpo.retrain import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HpoError, match=re.escape(message)):
+        main(["--data-dir", "no-data", *args])
+    assert list(tmp_path.iterdir()) == []  # no study file, no download
+
+
+def test_export_to_an_unwritable_place_is_one_line(tmp_path):
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    make_study(url)
+    (tmp_path / "a-file").write_text("")
+    proc = run("hpo.export", "--storage", url, "--output", "a-file/best.json", cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: cannot write a-file/best.json")
+    assert len(proc.stderr.strip().splitlines()) == 1

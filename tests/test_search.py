@@ -5,12 +5,25 @@ import subprocess
 
 import optuna
 import pytest
+import torch
 
 from tests.searchutil import TINY, finished, run_search, search_cmd, states, wait_for_running
+
+MARK = 0.123456  # a validation accuracy no real epoch on the tiny data reports
 
 
 def sqlite_url(path):
     return f"sqlite:///{path}"
+
+
+def default_sigint() -> None:
+    # A background job (`cmd &` in a script) starts with SIGINT ignored, and its children inherit that.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def heartbeats(db) -> int:
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT count(*) FROM trial_heartbeats").fetchone()[0]
 
 
 def test_search_runs_exactly_n_trials_and_resumes(tiny_data_dir, tmp_path):
@@ -23,10 +36,17 @@ def test_search_runs_exactly_n_trials_and_resumes(tiny_data_dir, tmp_path):
     second = run_search(*args, "--n-trials", "5")
     assert second.returncode == 0, second.stderr
     assert finished(url) == 5 and "RUNNING" not in states(url)
-    numbers = sorted(t.number for t in optuna.load_study(study_name="cifar10", storage=url).trials)
-    assert numbers == list(range(5))
-    again = run_search(*args, "--n-trials", "5")  # nothing left to do
-    assert again.returncode == 0 and finished(url) == 5
+    study = optuna.load_study(study_name="cifar10", storage=url)
+    assert sorted(t.number for t in study.trials) == list(range(5))
+    again = run_search(*args)  # no --n-trials: the study's 5, not the CPU default 12, so nothing left to do
+    assert again.returncode == 0 and finished(url) == 5, again.stderr
+    assert study.user_attrs["hpo_settings"]["n_trials"] == 5
+    # Finished trials' checkpoints are gone; the best completed trial's is kept, beside the study file.
+    checkpoints = tmp_path / "cifar10-checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["best-trial.pt"]
+    kept = torch.load(checkpoints / "best-trial.pt", map_location="cpu", weights_only=True)
+    assert kept["config"] == study.best_trial.user_attrs["config"]
+    assert heartbeats(tmp_path / "s.db") > 0  # the default --heartbeat 30 records heartbeats
 
 
 def test_resume_reuses_the_studys_settings_and_rejects_conflicts(tiny_data_dir, tmp_path):
@@ -45,14 +65,19 @@ def test_resume_reuses_the_studys_settings_and_rejects_conflicts(tiny_data_dir, 
     assert finished(url) == 2
 
 
-def test_ctrl_c_records_the_trial_and_the_next_run_continues(tiny_data_dir, tmp_path):
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_ctrl_c_records_the_trial_and_the_next_run_continues(tiny_data_dir, tmp_path, sig):
     url = sqlite_url(tmp_path / "s.db")
     args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "25", "--pruner", "none", *TINY]
     proc = subprocess.Popen(
-        search_cmd(*args, "--n-trials", "2"), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        search_cmd(*args, "--n-trials", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=default_sigint,  # as at a terminal, even when pytest itself runs where SIGINT is ignored
     )
     wait_for_running(url)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     study = optuna.load_study(study_name="cifar10", storage=url)
@@ -61,17 +86,25 @@ def test_ctrl_c_records_the_trial_and_the_next_run_continues(tiny_data_dir, tmp_
     assert "RUNNING" not in states(url)
     with sqlite3.connect(tmp_path / "s.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
-    again = run_search(*args, "--n-trials", "2")
+    # Its checkpoint waits beside the study file. Mark epoch 1 in it: a retry that resumes from the checkpoint
+    # replays the marked value, one that trains from scratch (same seed, same values) would not.
+    checkpoint = tmp_path / "cifar10-checkpoints" / f"trial-{failed[0].number}.pt"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state["history"][0]["val_acc"] = MARK
+    torch.save(state, checkpoint)
+    again = run_search(*args, "--n-trials", "1")  # the retry is the first trial to finish: enough
     assert again.returncode == 0, again.stderr
-    assert finished(url) == 2
+    assert finished(url) == 1
     # The interrupted trial was retried with the same parameters and resumed from its last epoch checkpoint:
-    # the epochs it had reported reappear unchanged at the start of the retry's curve.
+    # the epochs it had reported reappear unchanged at the start of the retry's curve (epoch 1 as marked).
     study = optuna.load_study(study_name="cifar10", storage=url)
     retry = [t for t in study.trials if t.system_attrs.get("failed_trial") == failed[0].number]
     assert len(retry) == 1 and retry[0].params == failed[0].params
-    done = failed[0].intermediate_values
-    assert done and all(retry[0].intermediate_values[e] == v for e, v in done.items())
-    assert not list((tmp_path / "studies").glob("cifar10-checkpoints/trial-*.pt"))  # cleaned up
+    done = {**failed[0].intermediate_values, 1: MARK}
+    assert all(retry[0].intermediate_values[e] == v for e, v in done.items())
+    assert len(retry[0].intermediate_values) == 25
+    left = sorted(p.name for p in (tmp_path / "cifar10-checkpoints").iterdir())
+    assert left == ["best-trial.pt"]  # finished trials' checkpoints cleaned up, the best one kept
 
 
 def test_parallel_workers_complete_exactly_n_trials_without_lock_errors(tiny_data_dir, tmp_path):
@@ -176,3 +209,212 @@ def test_cli_on_the_real_subset_with_default_storage_and_optuna_cli(subset_dir, 
     from hpo.export import trial_config
 
     assert load_config(report / "best-config.json") == trial_config(study.best_trial)
+
+
+# ---- what the README promises about options --------------------------------------------------------------
+
+
+def test_default_cpu_run_says_what_it_uses_and_timeout_stops_new_trials(tiny_data_dir, tmp_path):
+    # Only --data-dir, --device cpu and a --timeout: the CPU defaults apply, in the default study file.
+    proc = run_search(
+        "--data-dir", str(tiny_data_dir), "--device", "cpu", "--no-retrain", "--timeout", "2", cwd=tmp_path
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert (
+        "no GPU: CPU defaults (12 trials x up to 6 epochs, widths 32/64/128, batch 128, at most 5000 training images)"
+        in proc.stdout
+    )
+    db = tmp_path / "studies" / "cifar10.db"
+    assert "study 'cifar10' in sqlite:///studies/cifar10.db" in proc.stdout
+    study = optuna.load_study(study_name="cifar10", storage=sqlite_url(db))
+    settings = study.user_attrs["hpo_settings"]
+    assert (settings["n_trials"], settings["epochs"], settings["widths"]) == (12, 6, [32, 64, 128])
+    assert (settings["batch_size"], settings["train_subset"], settings["sampler"]) == (128, 5000, "tpe")
+    assert (settings["pruner"], settings["seed"], settings["val_fraction"]) == ("hyperband", 0, 0.1)
+    # --timeout 2: trials stop starting after 2 s, long before the 12 the defaults ask for.
+    assert 1 <= finished(sqlite_url(db)) < 12
+
+
+def test_space_seed_sampler_and_pruner_are_used_and_resumed(tiny_data_dir, tmp_path):
+    from hpo.objective import trial_seed
+    from hpo.space import SearchSpace
+
+    db = tmp_path / "s.db"
+    url = sqlite_url(db)
+    (tmp_path / "space.yaml").write_text("momentum: 0.9\naugmentation: {choices: [flip]}\nscheduler: constant\n")
+    (tmp_path / "other.yaml").write_text("momentum: 0.8\n")
+    base = ["--storage", url, "--data-dir", str(tiny_data_dir)]
+    first = run_search(
+        *base, *TINY, "--epochs", "1", "--n-trials", "2", "--space", str(tmp_path / "space.yaml"),
+        "--seed", "5", "--sampler", "random", "--pruner", "none", "--heartbeat", "0",
+    )  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    assert heartbeats(db) == 0  # --heartbeat 0: off (the resumed run below has the default, 30)
+    resumed = run_search(*base, "--device", "cpu", "--no-retrain", "--n-trials", "3")  # nothing else given
+    assert resumed.returncode == 0, resumed.stderr
+    study = optuna.load_study(study_name="cifar10", storage=url)
+    settings = study.user_attrs["hpo_settings"]
+    assert (settings["seed"], settings["sampler"], settings["pruner"]) == (5, "random", "none")
+    assert settings["space"] == SearchSpace.load(tmp_path / "space.yaml").describe()
+    assert finished(url) == 3
+    for t in study.trials:  # the space file's fixed values and choices, in the resumed trial too
+        config = t.user_attrs["config"]
+        assert (config["momentum"], config["augmentation"], config["scheduler"]) == (0.9, "flip", "constant")
+        assert "momentum" not in t.params and t.params["augmentation"] == "flip"
+        assert t.user_attrs["seed"] == trial_seed(5, t.number)  # --seed, kept on resume
+        assert config["widths"] == [8, 16, 16] and len(t.intermediate_values) == 1
+    other = run_search(*base, "--device", "cpu", "--no-retrain", "--space", str(tmp_path / "other.yaml"))
+    assert other.returncode == 2 and "exists with a different search (space: study has" in other.stderr
+    assert "--study-name" in other.stderr and "Traceback" not in other.stderr
+
+
+def test_journal_storage_runs_and_resumes(tiny_data_dir, tmp_path):
+    from optuna.storages.journal import JournalFileBackend, JournalStorage
+
+    log = tmp_path / "j" / "s.log"
+    args = ["--storage", f"journal:{log}", "--data-dir", str(tiny_data_dir), "--epochs", "1", *TINY]
+    assert run_search(*args, "--n-trials", "2").returncode == 0
+    again = run_search(*args, "--n-trials", "3")
+    assert again.returncode == 0, again.stderr
+    study = optuna.load_study(study_name="cifar10", storage=JournalStorage(JournalFileBackend(str(log))))
+    assert len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED))) == 3
+    assert (log.parent / "cifar10-checkpoints" / "best-trial.pt").is_file()  # files beside the journal
+
+
+def test_a_surplus_trial_goes_back_to_waiting_untouched(tmp_path):
+    from hpo.worker import claim_trial
+
+    study = optuna.create_study(storage=sqlite_url(tmp_path / "s.db"), direction="maximize")
+    other = study.ask()  # another worker holds the only slot
+    assert claim_trial(study, n_trials=2) is not None  # a free slot: the trial is ours
+    assert claim_trial(study, n_trials=2) is None  # lost the race for the last slot
+    surplus = study.get_trials(deepcopy=False)[-1]
+    assert surplus.state.name == "WAITING" and surplus.params == {} and not surplus.user_attrs
+    study.tell(other, 0.5)
+    again = study.ask()  # the next ask takes the queued trial back
+    assert again.number == surplus.number
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("tpe", optuna.samplers.TPESampler),
+        ("random", optuna.samplers.RandomSampler),
+        ("gp", optuna.samplers.GPSampler),
+        ("cmaes", optuna.samplers.CmaEsSampler),
+    ],
+)
+def test_samplers_are_the_named_kind_and_seeded(name, kind):
+    from hpo.config import TrainConfig
+    from hpo.search import _make_sampler
+    from hpo.space import SearchSpace
+
+    def params(seed: int) -> list[dict]:
+        sampler = _make_sampler(settings(sampler=name, seed=seed), worker=0, n_existing=0)
+        assert isinstance(sampler, kind)
+        study = optuna.create_study(direction="maximize", sampler=sampler)
+        out = []
+        for i in range(3):
+            trial = study.ask()
+            SearchSpace.default().suggest(trial, TrainConfig())
+            study.tell(trial, 0.1 * i)
+            out.append(trial.params)
+        return out
+
+    assert params(3) == params(3) and params(3) != params(4)
+
+
+def settings(**changes):
+    from hpo.search import Settings
+    from hpo.space import SearchSpace
+
+    values = dict(n_trials=4, epochs=6, widths=(8, 16, 16), train_subset=0, batch_size=16, val_fraction=0.1)
+    values.update(seed=0, sampler="tpe", pruner="hyperband", space=SearchSpace.default().describe())
+    return Settings(**{**values, **changes})
+
+
+def pruned_at(pruner: optuna.pruners.BasePruner, others: list[list[float]], curve: list[float]) -> int | None:
+    """The epoch at which ``pruner`` stops a trial with ``curve``, after completed trials with curves ``others``."""
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for values in others:
+        trial = study.ask()
+        for epoch, value in enumerate(values, 1):
+            trial.report(value, epoch)
+            trial.should_prune()  # successive halving records each rung's value here
+        study.tell(trial, values[-1])
+    trial = study.ask()
+    for epoch, value in enumerate(curve, 1):
+        trial.report(value, epoch)
+        if trial.should_prune():
+            return epoch
+    return None
+
+
+def test_median_pruner_prunes_from_epoch_2_after_4_trials():
+    from hpo.search import _make_pruner
+
+    median = _make_pruner(settings(pruner="median"))
+    good = [[0.8, 0.85, 0.9]] * 4
+    assert pruned_at(median, good, [0.1, 0.1, 0.1]) == 2  # not at epoch 1: the notes say "from epoch 2"
+    assert pruned_at(median, good[:3], [0.1, 0.1, 0.1]) is None  # fewer than 4 completed trials: no pruning
+
+
+def test_asha_and_none_pruners():
+    from hpo.search import _make_pruner
+
+    asha = _make_pruner(settings(pruner="asha"))
+    assert isinstance(asha, optuna.pruners.SuccessiveHalvingPruner)
+    assert pruned_at(asha, [[0.8, 0.85, 0.9]] * 3, [0.1, 0.1, 0.1]) == 1  # rung 0 is epoch 1
+    assert pruned_at(_make_pruner(settings(pruner="none")), [[0.8, 0.85, 0.9]] * 4, [0.1, 0.1, 0.1]) is None
+
+
+def test_resume_takes_seed_sampler_pruner_space_and_n_trials_from_the_study():
+    from hpo.search import CPU_DEFAULTS, _resolve_settings, build_parser
+
+    stored = settings(n_trials=40, seed=5, sampler="cmaes", pruner="median", space={"momentum": 0.9}).to_json()
+    plain = build_parser().parse_args([])
+    resumed = _resolve_settings(plain, None, stored, CPU_DEFAULTS)
+    assert resumed.to_json() == stored
+    given = build_parser().parse_args(["--n-trials", "50", "--sampler", "random", "--seed", "1"])
+    changed = _resolve_settings(given, None, stored, CPU_DEFAULTS)
+    assert (changed.n_trials, changed.sampler, changed.seed, changed.pruner) == (50, "random", 1, "median")
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--retrain-seeds", "0"], "--retrain-seeds must be at least 1, got 0"),
+        (["--retrain-seeds", "-2"], "--retrain-seeds must be at least 1, got -2"),
+        (["--n-trials", "0"], "--n-trials must be at least 1"),
+        (["--epochs", "0"], "--epochs must be at least 1"),
+        (["--epochs", "5000"], "--epochs: epochs must be in [1, 1000]"),
+        (["--widths", "8", "0", "8"], "--widths: widths must be three channel counts"),
+        (["--batch-size", "100000"], "--batch-size: batch_size must be in [1, 65536]"),
+        (["--train-subset", "-1"], "--train-subset must be at least 0"),
+        (["--workers", "0"], "--workers must be at least 1"),
+        (["--heartbeat", "-1"], "--heartbeat must be at least 0"),
+        (["--seed", "-1"], "--seed must be at least 0"),
+        (["--timeout", "nan"], "--timeout must be a positive number"),
+        (["--timeout", "-3"], "--timeout must be a positive number"),
+        (["--val-fraction", "0"], "--val-fraction must be in (0, 1)"),
+        (["--study-name", " "], "--study-name must not be empty"),
+        (["--sampler", "bayes"], "invalid choice: 'bayes'"),
+        (["--n-trials", "many"], "invalid int value: 'many'"),
+    ],
+)
+def test_bad_flags_are_refused_before_any_work(tmp_path, monkeypatch, args, message):
+    from hpo.errors import HpoError
+    from hpo.search import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(HpoError) as err:
+        main(["--data-dir", str(tmp_path / "no-data"), *args])
+    assert message in str(err.value) and "\n" not in str(err.value)
+    assert list(tmp_path.iterdir()) == []  # no study file, no data download, nothing
+
+
+def test_bad_retrain_seeds_exits_2_with_one_line(tmp_path):
+    proc = run_search("--retrain-seeds", "0", "--data-dir", str(tmp_path / "no-data"), cwd=tmp_path)
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr.strip().splitlines() == ["error: --retrain-seeds must be at least 1, got 0"], proc.stderr
+    assert list(tmp_path.iterdir()) == []

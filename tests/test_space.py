@@ -44,14 +44,24 @@ def test_suggest_samples_every_default_parameter_and_converts_units():
     assert (config.momentum, config.dropout, config.augmentation, config.scheduler) == (0.85, 0.1, "flip", "cosine")
 
 
-def test_sampled_configs_stay_inside_the_ranges():
+def test_sampled_configs_are_the_params_in_sgd_terms_and_stay_inside_the_ranges():
     space = SearchSpace.default()
+    base = TrainConfig(batch_size=512, label_smoothing=0.1)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    # The plain-SGD values the default decoupled ranges allow at this batch size and these momentum bounds.
+    lr_low = to_sgd(0.5, 1e-4, 0.95, 512)[0]  # more momentum, smaller SGD step
+    lr_high = to_sgd(32.0, 1e-4, 0.6, 512)[0]
     for _ in range(30):
         trial = study.ask()
-        space.suggest(trial, TrainConfig())
-        for name, value in trial.params.items():
-            assert contains(DEFAULT_SPACE[name], value)
+        config = space.suggest(trial, base)
+        p = trial.params
+        lr, wd = to_sgd(p["lr_decoupled"], p["wd_decoupled"], p["momentum"], base.batch_size)
+        assert (config.lr, config.weight_decay) == pytest.approx((lr, wd), rel=1e-12)
+        assert (config.momentum, config.dropout) == (p["momentum"], p["dropout"])
+        assert (config.augmentation, config.scheduler) == (p["augmentation"], p["scheduler"])
+        assert (config.batch_size, config.label_smoothing, config.epochs) == (512, 0.1, base.epochs)  # not sampled
+        assert 0.6 <= config.momentum <= 0.95 and 0 <= config.dropout <= 0.5
+        assert lr_low <= config.lr <= lr_high and 1e-4 / 32 <= config.weight_decay <= 0.1 / 0.5
         study.tell(trial, 0.0)
 
 
