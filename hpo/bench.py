@@ -106,18 +106,21 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def ablation_rows() -> dict[str, tuple[str, ...]]:
+def ablation_rows(ends_only: bool = False) -> dict[str, tuple[str, ...]]:
     """Row label -> components turned off."""
     rows = {ALL_ON: ()}
-    rows.update({f"without {name}": (name,) for name in COMPONENTS_OFF})
+    if not ends_only:
+        rows.update({f"without {name}": (name,) for name in COMPONENTS_OFF})
     rows[ALL_OFF] = tuple(COMPONENTS_OFF)
     return rows
 
 
-def run_ablation(base: TrainConfig, data: Cifar10, device: torch.device, seeds: int) -> list[dict]:
+def run_ablation(
+    base: TrainConfig, data: Cifar10, device: torch.device, seeds: int, ends_only: bool = False
+) -> list[dict]:
     """Train every ablation row with seeds 0..seeds-1 on ``data.train``, scored on ``data.test``.
     Seeds are the outer loop, so slow drift of the machine's speed spreads evenly over the rows."""
-    rows = ablation_rows()
+    rows = ablation_rows(ends_only)
     runs: dict[str, list] = {label: [] for label in rows}
     train(base.replace(epochs=1, train_subset=2 * base.batch_size), data.train, data.test, device)  # warm-up
     for seed in range(seeds):
@@ -205,7 +208,7 @@ def ablation_benchmark(args, device: torch.device) -> None:
         f"{base.batch_size}, {base.epochs} epochs, widths {'/'.join(map(str, widths))}, lr {base.lr:.4g}, "
         f"{args.seeds} seeds per row"
     )
-    table = run_ablation(base, data, device, args.seeds)
+    table = run_ablation(base, data, device, args.seeds, args.ends_only)
     print()
     print_ablation(table)
 
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="auto")
     parser.add_argument("--ablation", action="store_true", help="the recipe's components, one off at a time")
     parser.add_argument("--seeds", type=int, default=3, help="--ablation: runs per row (default 3)")
+    parser.add_argument("--ends-only", action="store_true", help="--ablation: only the all-on and all-off rows")
     parser.add_argument("--epochs", type=int, help="default: 3 (pipeline); --ablation: 8 on CPU, 10 on GPU")
     parser.add_argument("--widths", type=int, nargs=3, help="default: 32 64 128 on CPU, 64 256 256 on GPU")
     parser.add_argument("--batch-size", type=int, help="default: 256 (pipeline); --ablation: 128 on CPU, 1024 on GPU")

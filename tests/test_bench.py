@@ -46,6 +46,13 @@ def test_ablation_cli_prints_the_table(tiny_data_dir, capsys):
     assert table[-1].startswith(f"| {ALL_OFF}") and "1.00x" in table[-1]
 
 
+def test_ablation_ends_only_has_two_rows(tiny_data_dir, capsys):
+    args = ["--ablation", "--ends-only", "--seeds", "2", "--epochs", "1", "--data-dir", str(tiny_data_dir)]
+    assert main([*args, *TINY_FLAGS]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [line.split("|")[1].strip() for line in table[1:]] == [ALL_ON, ALL_OFF]
+
+
 @pytest.mark.parametrize("flag", [["--seeds", "0"], ["--epochs", "-1"], ["--tile-to", "-5"]])
 def test_bad_values_are_one_line_without_traceback(tiny_data_dir, flag):
     proc = subprocess.run(
