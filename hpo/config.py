@@ -134,6 +134,11 @@ class TrainConfig:
         decoupled lr) and the weight decay per step stay the same."""
         return self.replace(batch_size=batch_size, lr=self.lr * batch_size / self.batch_size)
 
+    def matches(self, other: TrainConfig, rel: float = 1e-9) -> bool:
+        """Equal up to float rounding (a config that went through the search space's decoupled units and back)."""
+        a, b = self.to_dict(), other.to_dict()
+        return all(math.isclose(a[k], b[k], rel_tol=rel) if isinstance(a[k], float) else a[k] == b[k] for k in a)
+
     def without(self, *components: str) -> TrainConfig:
         """This config with the named COMPONENTS_OFF components turned off."""
         changes: dict[str, Any] = {}

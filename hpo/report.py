@@ -25,6 +25,7 @@ from optuna.trial import TrialState  # noqa: E402
 from hpo.config import TTA_NAMES  # noqa: E402
 from hpo.errors import ArgumentParser, HpoError, run_cli  # noqa: E402
 from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR  # noqa: E402
+from hpo.retrain import defaults_verdict  # noqa: E402
 from hpo.storage import default_storage_url, load_existing_study  # noqa: E402
 
 TOP_K = 5
@@ -149,8 +150,10 @@ def retrain_blocks(record: dict | None) -> list[Block]:
         ),
         ("table", pd.DataFrame(rows).set_index("config")),
     ]
-    if "verdict" in record:
-        blocks.append(("p", f"**Verdict:** {record['verdict']}."))
+    comparisons = record.get("comparisons") or ([{"verdict": record["verdict"]}] if "verdict" in record else [])
+    blocks += [("p", f"**Verdict:** {c['verdict']}.") for c in comparisons]
+    if defaults_verdict(record):
+        blocks.append(("p", f"**Did the search beat the defaults?** {defaults_verdict(record)}"))
     if record.get("weights"):
         blocks.append(("p", f"Weights of the winner (seed 0): `{record['weights']}`."))
     return blocks
@@ -201,11 +204,41 @@ def plot_blocks(study: optuna.Study, trials, out_dir: Path) -> list[Block]:
         if fig is not None:
             _save(fig, out_dir / "curves.png")
             blocks.append(("img", "curves.png"))
+        curve = anytime_curve(trials)
+        if curve["best"].notna().any():
+            _save(anytime_figure(curve), out_dir / "anytime.png")
+            blocks.append(("img", "anytime.png"))
         if sum(t.state == TrialState.COMPLETE for t in trials) >= 2:
             ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, target_name="validation accuracy")
             _save(ax.figure, out_dir / "parallel.png")
             blocks.append(("img", "parallel.png"))
     return blocks
+
+
+def anytime_curve(trials) -> pd.DataFrame:
+    """Best validation accuracy so far against the compute spent so far, over finished trials in the order they
+    finished: one row per trial with its cumulative epochs and training seconds (pruned trials cost, never win)."""
+    done = sorted((t for t in trials if t.state in FINISHED), key=lambda t: (t.datetime_complete, t.number))
+    rows, epochs, seconds, best = [], 0, 0.0, float("nan")
+    for t in done:
+        epochs += t.user_attrs.get("epochs_run", len(t.intermediate_values))
+        seconds += t.user_attrs.get("train_seconds", 0.0)
+        if t.state == TrialState.COMPLETE and not (t.value <= best):  # also replaces the initial NaN
+            best = t.value
+        rows.append({"trial": t.number, "epochs": epochs, "seconds": seconds, "best": best})
+    return pd.DataFrame(rows, columns=["trial", "epochs", "seconds", "best"])
+
+
+def anytime_figure(curve: pd.DataFrame) -> plt.Figure:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    for ax, x, label in ((axes[0], "epochs", "epochs trained so far"), (axes[1], "seconds", "training seconds so far")):
+        ax.step(curve[x], curve["best"], where="post", color="tab:red")
+        ax.plot(curve[x], curve["best"], "o", color="tab:red", ms=3)
+        ax.set_xlabel(label)
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("best validation accuracy so far")
+    fig.suptitle("Anytime performance of the search")
+    return fig
 
 
 def validation_curves(trials) -> plt.Figure | None:

@@ -24,7 +24,7 @@ from hpo.data import Cifar10, load_cifar10
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import ranked_trials, trial_config
 from hpo.notes import artifact_store_for, set_retrain_section
-from hpo.objective import RETRAIN_ATTR
+from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR
 from hpo.stats import summarize, welch
 from hpo.storage import default_storage_url, files_dir, load_existing_study
 from hpo.train import resolve_device, train
@@ -87,11 +87,16 @@ def retrain(
         "candidates": results,
         "weights": str(weights_dir / "model.pt") if weights_dir else None,
     }
-    if len(results) >= 2:
-        comparison = welch(results[0]["test_acc"], results[1]["test_acc"])
-        record["comparison"] = comparison.to_dict()
-        record["verdict"] = comparison.verdict(results[0]["label"], results[1]["label"])
-        print(f"retrain verdict: {record['verdict']}", flush=True)
+    # The first candidate against each other one (best vs runner-up, vs the recipe), same seeds, same data.
+    record["comparisons"] = []
+    for other in results[1:]:
+        comparison = welch(results[0]["test_acc"], other["test_acc"])
+        verdict = comparison.verdict(results[0]["label"], other["label"])
+        record["comparisons"].append({"against": other["label"], **comparison.to_dict(), "verdict": verdict})
+        print(f"retrain verdict: {verdict}", flush=True)
+    if record["comparisons"]:
+        record["comparison"] = {k: v for k, v in record["comparisons"][0].items() if k not in ("against", "verdict")}
+        record["verdict"] = record["comparisons"][0]["verdict"]
     winner = max(range(len(results)), key=lambda i: (results[i]["summary"]["mean"], -i))
     record["winner"] = results[winner]["label"]
     if weights_dir is not None:
@@ -111,12 +116,46 @@ def save_weights(folder: Path, state: dict[str, torch.Tensor], config: TrainConf
     (folder / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
+RECIPE_LABEL = "recipe (the defaults)"
+IS_RECIPE = ", the recipe"  # appended to a best/runner-up label whose config is the recipe's
+
+
 def study_candidates(study: optuna.Study) -> list[Candidate]:
+    """Best and runner-up, then the recipe at the search's size (the trainer's defaults: what a user starts from)
+    unless one of the two is the recipe already."""
     ranked = ranked_trials(study)
     if not ranked:
         raise HpoError(f"study {study.study_name!r} has no completed trial to retrain yet: run python -m hpo.search")
     labels = ("best", "runner-up")
-    return [Candidate(f"{label} (trial {t.number})", trial_config(t), t.number) for label, t in zip(labels, ranked)]
+    recipe = study_recipe(study)
+    candidates = []
+    for label, t in zip(labels, ranked):
+        config = trial_config(t)
+        same = recipe is not None and config.replace(seed=0).matches(recipe)
+        candidates.append(Candidate(f"{label} (trial {t.number}{IS_RECIPE if same else ''})", config, t.number))
+    if recipe is not None and not any(c.label.endswith(f"{IS_RECIPE})") for c in candidates):
+        candidates.append(Candidate(RECIPE_LABEL, recipe))
+    return candidates
+
+
+def defaults_verdict(record: dict) -> str | None:
+    """Did the search beat the trainer's defaults (the recipe)? In words, from the retrain's own test."""
+    if record["candidates"][0]["label"].endswith(f"{IS_RECIPE})"):
+        return "No: the best trial is the recipe itself (the trainer's defaults)."
+    for c in record.get("comparisons", []):
+        if c["against"] == RECIPE_LABEL:
+            beat = c["significant"] and c["difference"] > 0
+            return f"{'Yes' if beat else 'No'}: {c['verdict']}."
+    return None
+
+
+def study_recipe(study: optuna.Study) -> TrainConfig | None:
+    """The recipe at the size the study searched at (epochs, widths, batch size, subset), from its settings."""
+    settings = study.user_attrs.get(SETTINGS_ATTR) or {}
+    keys = ("epochs", "widths", "train_subset", "batch_size")
+    if not all(k in settings for k in keys):
+        return None  # a study made elsewhere (or by an older version): its size is unknown
+    return TrainConfig.recipe(**{k: tuple(settings[k]) if k == "widths" else settings[k] for k in keys})
 
 
 def retrain_study(study: optuna.Study, data: Cifar10, device: torch.device, n_seeds: int, folder: Path) -> dict:
@@ -144,8 +183,10 @@ def retrain_markdown(record: dict) -> str:
         "",
     ]
     lines += [f"- **{c['label']}**: test accuracy {c['text']}" for c in record["candidates"]]
-    if "verdict" in record:
-        lines += ["", f"Verdict: {record['verdict']}."]
+    comparisons = record.get("comparisons") or ([{"verdict": record["verdict"]}] if "verdict" in record else [])
+    lines += [""] + [f"Verdict: {c['verdict']}." for c in comparisons]
+    if defaults_verdict(record):
+        lines += ["", f"Did the search beat the defaults? {defaults_verdict(record)}"]
     if record.get("weights"):
         winner = record.get("winner", "the winner")
         lines += ["", f"Weights of the winner, {winner} (seed 0): `{record['weights']}` (also a study artifact)."]

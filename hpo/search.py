@@ -23,7 +23,7 @@ import optuna
 import torch
 from tqdm import tqdm
 
-from hpo.config import ConfigError, TrainConfig
+from hpo.config import ConfigError, TrainConfig, load_config
 from hpo.data import load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import dump, export_document, ranked_trials
@@ -87,6 +87,17 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--batch-size", type=int, help="batch size when the space does not sample it")
     p.add_argument("--val-fraction", type=float, help="validation share of the training set (default 0.1)")
     p.add_argument("--space", type=Path, help="YAML/JSON file changing the search space")
+    p.add_argument(
+        "--enqueue",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="run this config (JSON/YAML or an exported file) as a trial first; repeatable",
+    )
+    p.add_argument(
+        "--no-warm-start", action="store_true", help="a new study does not start with the recipe's hyperparameters"
+    )
     p.add_argument("--sampler", choices=SAMPLERS, help="default tpe")
     p.add_argument("--pruner", choices=PRUNERS, help="default hyperband")
     p.add_argument("--seed", type=int, help="study seed (default 0)")
@@ -106,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     check_args(args)
+    enqueue = [(str(path), load_config(path)) for path in args.enqueue]  # unreadable or invalid: refused now
     device = resolve_device(args.device)
     space = SearchSpace.load(args.space) if args.space else None
     is_worker = args.worker_id is not None
@@ -128,10 +140,14 @@ def main(argv: list[str] | None = None) -> int:
             )
         print(f"study {args.study_name!r} in {redact(storage_url)}", flush=True)
 
+    first = [] if is_worker else _first_trials(settings, enqueue, warm=existing is None and not args.no_warm_start)
     data = load_cifar10(args.data_dir)  # before touching the study: bad data must not leave an empty study behind
     study = _create_or_load_study(storage, args.study_name, settings, existing)
     use_wal(storage_url)  # only now: every check that may refuse the run has passed
     if not is_worker:
+        for label, params in first:
+            # skip_if_exists: a host that raced this one to create the study has queued the same trial already.
+            study.enqueue_trial(params, user_attrs={"enqueued": label}, skip_if_exists=True)
         if existing != settings.to_json():
             study.set_user_attr(SETTINGS_ATTR, settings.to_json())  # a plain rerun resumes these (and n_trials)
         data_text = (
@@ -214,6 +230,15 @@ def check_args(args: argparse.Namespace) -> None:
             TrainConfig(**({name: value} if value is not None else {}))
         except ConfigError as err:
             raise HpoError(f"--{name.replace('_', '-')}: {err}") from None
+
+
+def _first_trials(settings: Settings, enqueue: list[tuple[str, TrainConfig]], warm: bool) -> list[tuple[str, dict]]:
+    """(label, params) of the trials to queue before any sampled one: with ``warm`` (a new study, unless
+    --no-warm-start) the recipe's hyperparameters, which are the trainer's defaults, so the search's best is never
+    worse than a user's starting point and the sampler learns from it; then each --enqueue file's."""
+    space = SearchSpace.from_dict(settings.space, source="search space")
+    first = [("recipe (the defaults)", space.params_for(settings.base_config(), "the recipe"))] if warm else []
+    return first + [(label, space.params_for(config, label)) for label, config in enqueue]
 
 
 def _existing_settings(storage: optuna.storages.BaseStorage, name: str) -> dict | None:

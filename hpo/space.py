@@ -161,6 +161,24 @@ class SearchSpace:
         changes = {**values, "lr": lr, "weight_decay": wd, "momentum": momentum, "batch_size": batch_size}
         return TrainConfig.from_dict({**base.to_dict(), **changes}, source="search space")
 
+    def params_for(self, config: TrainConfig, source: str = "config") -> dict[str, Any]:
+        """The sampled parameters (decoupled units) that reproduce ``config``'s values: what ``enqueue_trial``
+        takes to run it as a trial. A value outside the space is refused."""
+        lr_d, wd_d = from_sgd(config.lr, config.weight_decay, config.momentum, config.batch_size)
+        decoupled = {"lr_decoupled": lr_d, "wd_decoupled": wd_d}
+        params = {}
+        for name, p in self.sampled.items():
+            value = decoupled[name] if name in decoupled else getattr(config, name)
+            if isinstance(p, Float) and not p.low * (1 - 1e-9) <= value <= p.high * (1 + 1e-9):
+                raise SpaceError(
+                    f"{source}: {name} {value:.4g} is outside the search space [{p.low:g}, {p.high:g}]: "
+                    "widen it with --space, or leave this config out"
+                )
+            if isinstance(p, Choice) and value not in p.choices:
+                raise SpaceError(f"{source}: {name} {value!r} is not among the space's choices {list(p.choices)}")
+            params[name] = min(max(value, p.low), p.high) if isinstance(p, Float) else value
+        return params
+
     def describe(self) -> dict[str, Any]:
         """The space in space-file form (``from_dict(describe())`` gives it back); stored with the study."""
         out: dict[str, Any] = {name: None for name in DEFAULT_SPACE}

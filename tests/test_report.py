@@ -335,3 +335,82 @@ def test_export_to_an_unwritable_place_is_one_line(tmp_path):
     proc = run("hpo.export", "--storage", url, "--output", "a-file/best.json", cwd=tmp_path)
     assert proc.returncode == 2 and proc.stderr.startswith("error: cannot write a-file/best.json")
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def _study_with_two_trials(url: str, configs: list[TrainConfig]) -> optuna.Study:
+    """A study searched at widths 8/16/16, batch 16, 2 epochs, whose completed trials have these configs."""
+    study = optuna.create_study(study_name="cifar10", storage=url, direction="maximize")
+    size = {"epochs": 2, "widths": [8, 16, 16], "train_subset": 0, "batch_size": 16}
+    study.set_user_attr("hpo_settings", size)
+    for i, config in enumerate(configs):
+        study.add_trial(
+            create_trial(
+                state=TrialState.COMPLETE,
+                value=0.9 - 0.1 * i,
+                params={"lr_decoupled": 1.0 + i},
+                distributions={"lr_decoupled": FloatDistribution(0.5, 32, log=True)},
+                user_attrs={"config": config.to_dict(), "epochs_run": 2},
+            )
+        )
+    return study
+
+
+@pytest.mark.parametrize(("recipe_acc", "answer"), [(0.30, "Yes"), (0.70, "No")])
+def test_retrain_tests_the_best_against_the_recipe_and_says_if_the_search_beat_it(
+    tmp_path, tiny_data_dir, monkeypatch, recipe_acc, answer
+):
+    import hpo.retrain
+    from hpo.data import load_cifar10
+
+    recipe = TrainConfig.recipe(batch_size=16, epochs=2, widths=(8, 16, 16))
+    best, runner_up = recipe.replace(lr=0.5), recipe.replace(lr=0.4)
+    accuracy = {0.5: 0.60, 0.4: 0.50, recipe.lr: recipe_acc}
+    monkeypatch.setattr(
+        hpo.retrain, "train", lambda config, *a, **k: _Result(accuracy[config.lr] + 0.002 * config.seed, fill=0.0)
+    )
+    study = _study_with_two_trials(f"sqlite:///{tmp_path / 's.db'}", [best, runner_up])
+    candidates = hpo.retrain.study_candidates(study)
+    assert [c.label for c in candidates] == ["best (trial 0)", "runner-up (trial 1)", "recipe (the defaults)"]
+    assert candidates[2].config == recipe
+    record = hpo.retrain.retrain(candidates, load_cifar10(tiny_data_dir, download=False), torch.device("cpu"), 3)
+    assert [c["against"] for c in record["comparisons"]] == ["runner-up (trial 1)", "recipe (the defaults)"]
+    assert hpo.retrain.defaults_verdict(record).startswith(f"{answer}: ")
+    study.set_user_attr("retrain", record)
+    text = write_report(study, tmp_path / "r")
+    assert f"**Did the search beat the defaults?** {answer}: " in text
+    assert text.count("**Verdict:**") == 2 and "| recipe (the defaults)" in text
+
+
+def test_when_the_best_trial_is_the_recipe_it_is_not_retrained_twice(tmp_path):
+    import hpo.retrain
+
+    recipe = TrainConfig.recipe(batch_size=16, epochs=2, widths=(8, 16, 16))
+    rounded = recipe.replace(seed=7, lr=recipe.lr * (1 + 1e-15))  # as it comes back from the decoupled units
+    study = _study_with_two_trials(f"sqlite:///{tmp_path / 's.db'}", [rounded, recipe.replace(lr=0.4)])
+    labels = [c.label for c in hpo.retrain.study_candidates(study)]
+    assert labels == ["best (trial 0, the recipe)", "runner-up (trial 1)"]
+    record = {"candidates": [{"label": labels[0]}], "comparisons": []}
+    assert hpo.retrain.defaults_verdict(record) == "No: the best trial is the recipe itself (the trainer's defaults)."
+
+
+def test_anytime_curve_is_the_best_so_far_against_the_compute_spent(tmp_path):
+    from hpo.report import anytime_curve
+
+    study = make_study(f"sqlite:///{tmp_path / 's.db'}")
+    trials = study.get_trials()
+    curve = anytime_curve(trials)
+    finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
+    assert list(curve["trial"]) == [t.number for t in finished]  # failed trials cost nothing recorded here
+    assert list(curve["epochs"]) == list(pd.Series([t.user_attrs["epochs_run"] for t in finished]).cumsum())
+    assert list(curve["seconds"]) == pytest.approx(
+        list(pd.Series([2.0 * t.user_attrs["epochs_run"] for t in finished]).cumsum())
+    )
+    best, expected = float("-inf"), []
+    for t in finished:
+        if t.state.name == "COMPLETE":
+            best = max(best, t.value)
+        expected.append(best)
+    assert list(curve["best"]) == expected and curve["best"].is_monotonic_increasing
+    assert (tmp_path / "r").exists() is False
+    write_report(study, tmp_path / "r")
+    assert (tmp_path / "r" / "anytime.png").is_file()

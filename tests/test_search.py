@@ -7,6 +7,7 @@ import optuna
 import pytest
 import torch
 
+from hpo.config import TrainConfig
 from tests.searchutil import TINY, finished, run_search, search_cmd, states, wait_for_running
 
 MARK = 0.123456  # a validation accuracy no real epoch on the tiny data reports
@@ -400,6 +401,7 @@ def test_resume_takes_seed_sampler_pruner_space_and_n_trials_from_the_study():
         (["--study-name", " "], "--study-name must not be empty"),
         (["--sampler", "bayes"], "invalid choice: 'bayes'"),
         (["--n-trials", "many"], "invalid int value: 'many'"),
+        (["--enqueue", "missing.json"], "cannot read config file missing.json"),
     ],
 )
 def test_bad_flags_are_refused_before_any_work(tmp_path, monkeypatch, args, message):
@@ -418,3 +420,44 @@ def test_bad_retrain_seeds_exits_2_with_one_line(tmp_path):
     assert proc.returncode == 2 and proc.stdout == ""
     assert proc.stderr.strip().splitlines() == ["error: --retrain-seeds must be at least 1, got 0"], proc.stderr
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_new_study_runs_the_recipe_first_and_only_once(tiny_data_dir, tmp_path):
+    url = sqlite_url(tmp_path / "s.db")
+    args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "1", "--pruner", "none", *TINY]
+    assert run_search(*args, "--n-trials", "2").returncode == 0
+    assert run_search(*args, "--n-trials", "3").returncode == 0  # resume: nothing queued again
+    trials = optuna.load_study(study_name="cifar10", storage=url).trials
+    assert [t.user_attrs.get("enqueued") for t in trials] == ["recipe (the defaults)", None, None]
+    recipe = TrainConfig.recipe(batch_size=16, epochs=1, widths=(8, 16, 16))
+    first = TrainConfig.from_dict(trials[0].user_attrs["config"])
+    assert first.replace(seed=0).matches(recipe) and first.lr == pytest.approx(recipe.lr)
+    assert trials[0].params["lr_decoupled"] == pytest.approx(11.5) and trials[0].params["momentum"] == 0.85
+    assert TrainConfig.from_dict(trials[1].user_attrs["config"]).lr != recipe.lr  # then the sampler's
+
+
+def test_enqueue_files_run_first_and_no_warm_start_leaves_the_recipe_out(tiny_data_dir, tmp_path):
+    mine = TrainConfig.recipe(batch_size=16, momentum=0.9, dropout=0.1, augmentation="flip", scheduler="cosine")
+    path = tmp_path / "mine.json"
+    path.write_text(json.dumps({"config": mine.to_dict(), "provenance": {"by": "hand"}}))
+    url = sqlite_url(tmp_path / "s.db")
+    args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "1", "--n-trials", "2", *TINY]
+    proc = run_search(*args, "--no-warm-start", "--enqueue", str(path))
+    assert proc.returncode == 0, proc.stderr
+    trials = optuna.load_study(study_name="cifar10", storage=url).trials
+    assert [t.user_attrs.get("enqueued") for t in trials] == [str(path), None]
+    got = TrainConfig.from_dict(trials[0].user_attrs["config"])
+    assert (got.momentum, got.dropout, got.augmentation, got.scheduler) == (0.9, 0.1, "flip", "cosine")
+    assert got.lr == pytest.approx(mine.lr)
+
+
+def test_an_enqueued_config_outside_the_space_is_one_line(tiny_data_dir, tmp_path):
+    path = tmp_path / "wild.yaml"
+    path.write_text("dropout: 0.9\n")
+    url = sqlite_url(tmp_path / "s.db")
+    proc = run_search("--storage", url, "--data-dir", str(tiny_data_dir), "--enqueue", str(path), *TINY)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [
+        f"error: {path}: dropout 0.9 is outside the search space [0, 0.5]: widen it with --space, or leave this "
+        "config out"
+    ]
