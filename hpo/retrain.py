@@ -143,7 +143,7 @@ def defaults_verdict(record: dict) -> str | None:
     if record["candidates"][0]["label"].endswith(f"{IS_RECIPE})"):
         return "No: the best trial is the recipe itself (the trainer's defaults)."
     for c in record.get("comparisons", []):
-        if c["against"] == RECIPE_LABEL:
+        if c["against"] == RECIPE_LABEL or c["against"].endswith(f"{IS_RECIPE})"):
             beat = c["significant"] and c["difference"] > 0
             return f"{'Yes' if beat else 'No'}: {c['verdict']}."
     return None

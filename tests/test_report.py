@@ -391,6 +391,13 @@ def test_when_the_best_trial_is_the_recipe_it_is_not_retrained_twice(tmp_path):
     assert labels == ["best (trial 0, the recipe)", "runner-up (trial 1)"]
     record = {"candidates": [{"label": labels[0]}], "comparisons": []}
     assert hpo.retrain.defaults_verdict(record) == "No: the best trial is the recipe itself (the trainer's defaults)."
+    # the recipe as the runner-up: the best-vs-runner-up test is the answer
+    study = _study_with_two_trials(f"sqlite:///{tmp_path / 't.db'}", [recipe.replace(lr=0.4), rounded])
+    labels = [c.label for c in hpo.retrain.study_candidates(study)]
+    assert labels == ["best (trial 0)", "runner-up (trial 1, the recipe)"]
+    versus = {"against": labels[1], "significant": False, "difference": 0.01, "verdict": "no significant difference"}
+    record = {"candidates": [{"label": labels[0]}, {"label": labels[1]}], "comparisons": [versus]}
+    assert hpo.retrain.defaults_verdict(record) == "No: no significant difference."
 
 
 def test_anytime_curve_is_the_best_so_far_against_the_compute_spent(tmp_path):
