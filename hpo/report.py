@@ -139,7 +139,7 @@ def retrain_blocks(record: dict | None) -> list[Block]:
                 "sd": round(s["std"], 4),
                 "95% CI": f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]" if not math.isnan(s["ci_low"]) else "n/a",
                 "per seed": ", ".join(f"{a:.4f}" for a in c["test_acc"]),
-                "TTA": tta_name(c["config"]),
+                "TTA": tta_name(c.get("config", {})),
             }
         )
     blocks: list[Block] = [
