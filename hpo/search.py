@@ -31,7 +31,7 @@ from hpo.notes import artifact_store_for, write_study_note
 from hpo.objective import OBJECTIVE_NAME, SETTINGS_ATTR, Objective
 from hpo.report import write_report
 from hpo.retrain import default_seeds, retrain_study
-from hpo.space import SearchSpace
+from hpo.space import SearchSpace, SpaceError
 from hpo.storage import default_storage_url, files_dir, open_storage, redact, use_wal
 from hpo.train import resolve_device
 from hpo.worker import FINISHED, quiet_optuna, run_worker
@@ -237,7 +237,12 @@ def _first_trials(settings: Settings, enqueue: list[tuple[str, TrainConfig]], wa
     --no-warm-start) the recipe's hyperparameters, which are the trainer's defaults, so the search's best is never
     worse than a user's starting point and the sampler learns from it; then each --enqueue file's."""
     space = SearchSpace.from_dict(settings.space, source="search space")
-    first = [("recipe (the defaults)", space.params_for(settings.base_config(), "the recipe"))] if warm else []
+    first = []
+    if warm:
+        try:
+            first.append(("recipe (the defaults)", space.params_for(settings.base_config(), "the recipe")))
+        except SpaceError as err:  # the user's space leaves the recipe out: search it as given
+            print(f"no warm start: {err}", flush=True)
     return first + [(label, space.params_for(config, label)) for label, config in enqueue]
 
 

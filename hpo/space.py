@@ -175,7 +175,10 @@ class SearchSpace:
                     "widen it with --space, or leave this config out"
                 )
             if isinstance(p, Choice) and value not in p.choices:
-                raise SpaceError(f"{source}: {name} {value!r} is not among the space's choices {list(p.choices)}")
+                raise SpaceError(
+                    f"{source}: {name} {value!r} is not among the space's choices {list(p.choices)}: "
+                    "widen it with --space, or leave this config out"
+                )
             params[name] = min(max(value, p.low), p.high) if isinstance(p, Float) else value
         return params
 
