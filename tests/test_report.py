@@ -404,6 +404,8 @@ def test_anytime_curve_is_the_best_so_far_against_the_compute_spent(tmp_path):
     from hpo.report import anytime_curve
 
     study = make_study(f"sqlite:///{tmp_path / 's.db'}")
+    worse = {"epochs_run": 3, "train_seconds": 6.0, "config": TINY_CONFIG.to_dict()}
+    study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.01, user_attrs=worse))  # a late, bad trial
     trials = study.get_trials()
     curve = anytime_curve(trials)
     finished = [t for t in trials if t.state.name in ("COMPLETE", "PRUNED")]
@@ -418,6 +420,7 @@ def test_anytime_curve_is_the_best_so_far_against_the_compute_spent(tmp_path):
             best = max(best, t.value)
         expected.append(best)
     assert list(curve["best"]) == expected and curve["best"].is_monotonic_increasing
+    assert curve["best"].iloc[-1] == max(t.value for t in finished if t.state.name == "COMPLETE") > 0.01
     assert (tmp_path / "r").exists() is False
     write_report(study, tmp_path / "r")
     assert (tmp_path / "r" / "anytime.png").is_file()
