@@ -30,7 +30,7 @@ from hpo.export import dump, export_document, ranked_trials
 from hpo.notes import artifact_store_for, write_study_note
 from hpo.objective import OBJECTIVE_NAME, SETTINGS_ATTR, Objective
 from hpo.report import write_report
-from hpo.retrain import default_seeds, retrain_study
+from hpo.retrain import RECIPE_LABEL, default_seeds, retrain_study
 from hpo.space import SearchSpace, SpaceError
 from hpo.storage import default_storage_url, files_dir, open_storage, redact, use_wal
 from hpo.train import resolve_device
@@ -240,7 +240,7 @@ def _first_trials(settings: Settings, enqueue: list[tuple[str, TrainConfig]], wa
     first = []
     if warm:
         try:
-            first.append(("recipe (the defaults)", space.params_for(settings.base_config(), "the recipe")))
+            first.append((RECIPE_LABEL, space.params_for(settings.base_config(), "the recipe")))
         except SpaceError as err:  # the user's space leaves the recipe out: search it as given
             print(f"no warm start: {err}", flush=True)
     return first + [(label, space.params_for(config, label)) for label, config in enqueue]

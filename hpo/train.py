@@ -146,7 +146,7 @@ def evaluate(
         x = data.images[start : start + EVAL_BATCH].to(device, non_blocking=True)
         y = data.labels[start : start + EVAL_BATCH].to(device, non_blocking=True)
         with _autocast(device):
-            logits = predict(model, normalize(x).contiguous(memory_format=layout), tta_level).float()
+            logits = predict(model, normalize(x).contiguous(memory_format=layout), tta_level)
         loss += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
     n = max(1, len(data))
