@@ -121,6 +121,9 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     space = SearchSpace.load(args.space) if args.space else None
     is_worker = args.worker_id is not None
+    if is_worker and device.type == "cpu":
+        # K workers on a CPU share its cores: K processes of (cores / K) threads, not K x cores threads fighting.
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // args.workers))
     inherited = os.environ.get(STORAGE_ENV) if is_worker else None
     storage_url = args.storage or inherited or default_storage_url(args.study_name)
     storage = open_storage(storage_url, heartbeat_interval=args.heartbeat or None)

@@ -56,10 +56,18 @@ DEFAULT_SPACE: dict[str, Param] = {
     "augmentation": Choice(AUGMENTATIONS),
     "scheduler": Choice(SCHEDULERS),
 }
-# Off unless a space file gives them a range or choices; then sampled like the others.
+# Off unless a space file gives them a range or choices; then sampled like the others. The second group are the
+# recipe's components (hpo.config), so a search can also decide whether each one pays at its budget.
 OPTIONAL: dict[str, Param] = {
     "label_smoothing": Float(0.0, 0.3),
     "batch_size": Choice((256, 512, 1024)),
+    "warmup_fraction": Float(0.0, 0.5),
+    "whiten": Choice((True, False)),
+    "bias_lr_scale": Float(1.0, 64.0, log=True),
+    "logit_scale": Float(1 / 16, 1.0, log=True),
+    "lookahead": Choice((True, False)),
+    "alternate_flip": Choice((True, False)),
+    "dirac_init": Choice((True, False)),
 }
 KNOWN = (*DEFAULT_SPACE, *OPTIONAL)
 

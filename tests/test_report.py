@@ -424,3 +424,26 @@ def test_anytime_curve_is_the_best_so_far_against_the_compute_spent(tmp_path):
     assert (tmp_path / "r").exists() is False
     write_report(study, tmp_path / "r")
     assert (tmp_path / "r" / "anytime.png").is_file()
+
+
+def test_parallel_retrain_gives_the_runs_of_a_one_thread_serial_retrain(tmp_path, tiny_data_dir):
+    import hpo.retrain
+    from hpo.data import load_cifar10
+
+    candidates = [
+        hpo.retrain.Candidate("best (trial 1)", TINY_CONFIG.replace(lr=0.05), 1),
+        hpo.retrain.Candidate("runner-up (trial 2)", TINY_CONFIG.replace(lr=0.2, dropout=0.1), 2),
+    ]
+    data = load_cifar10(tiny_data_dir, download=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # what each parallel run uses
+    try:
+        serial = hpo.retrain.retrain(candidates, data, torch.device("cpu"), 2, tmp_path / "serial", jobs=1)
+    finally:
+        torch.set_num_threads(threads)
+    parallel = hpo.retrain.retrain(candidates, data, torch.device("cpu"), 2, tmp_path / "parallel", jobs=2)
+    assert [c["test_acc"] for c in parallel["candidates"]] == [c["test_acc"] for c in serial["candidates"]]
+    assert [c["label"] for c in parallel["candidates"]] == ["best (trial 1)", "runner-up (trial 2)"]
+    assert parallel["winner"] == serial["winner"]
+    saved = {k: torch.load(tmp_path / k / "model.pt", weights_only=True) for k in ("serial", "parallel")}
+    assert all(torch.equal(saved["serial"][name], w) for name, w in saved["parallel"].items())

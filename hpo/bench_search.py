@@ -1,0 +1,284 @@
+"""Search strategies compared on one epoch budget: ``python -m hpo.bench --search``.
+
+Each strategy (a sampler and a pruner, as ``hpo.search --sampler/--pruner`` would build them) runs R studies with
+study seeds 0..R-1 over the default search space, on the same training/validation split, until it has spent the
+epoch budget. For each study we keep the anytime curve (best validation accuracy so far against cumulative epochs
+and seconds); the table gives, per strategy, the final best and the epochs it needed to reach the baseline's
+(random search without pruning) final best of the same seed, and the plot the mean best-so-far against epochs.
+
+The studies run in ``--jobs`` processes of one thread each (2 jobs use both cores of a 2-core machine better than
+one study on 2 threads).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import multiprocessing
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import optuna  # noqa: E402
+import pandas as pd  # noqa: E402
+import torch  # noqa: E402
+
+from hpo.data import load_cifar10, train_val_split  # noqa: E402
+from hpo.errors import HpoError  # noqa: E402
+from hpo.objective import Objective  # noqa: E402
+from hpo.report import anytime_curve  # noqa: E402
+from hpo.search import PRUNERS, SAMPLERS, Settings, _first_trials, _make_pruner, _make_sampler  # noqa: E402
+from hpo.space import SearchSpace  # noqa: E402
+from hpo.stats import summarize  # noqa: E402
+from hpo.worker import quiet_optuna  # noqa: E402
+
+DEFAULT_STRATEGIES = ("tpe:hyperband", "tpe:none", "random:none")
+BASELINE = "random:none"
+
+
+@dataclasses.dataclass(frozen=True)
+class BenchSettings:
+    """What every study of the benchmark shares; ``budget`` is epochs per study."""
+
+    data_dir: str
+    epochs: int
+    widths: tuple[int, int, int]
+    train_subset: int
+    batch_size: int
+    budget: int
+    warm_start: bool
+    device: str = "cpu"
+
+    def search_settings(self, strategy: str, seed: int) -> Settings:
+        sampler, pruner = parse_strategy(strategy)
+        return Settings(
+            n_trials=10**6,
+            epochs=self.epochs,
+            widths=self.widths,
+            train_subset=self.train_subset,
+            batch_size=self.batch_size,
+            val_fraction=0.1,
+            seed=seed,
+            sampler=sampler,
+            pruner=pruner,
+            space=SearchSpace.default().describe(),
+        )
+
+
+def parse_strategy(text: str) -> tuple[str, str]:
+    """``"tpe:hyperband"`` -> ("tpe", "hyperband"); one clear error for anything else."""
+    sampler, _, pruner = text.partition(":")
+    if sampler not in SAMPLERS or pruner not in PRUNERS:
+        raise HpoError(
+            f"strategy {text!r} is not SAMPLER:PRUNER with a sampler from {', '.join(SAMPLERS)} "
+            f"and a pruner from {', '.join(PRUNERS)} (for example tpe:hyperband)"
+        )
+    return sampler, pruner
+
+
+def run_study(bench: BenchSettings, strategy: str, seed: int, threads: int = 1) -> pd.DataFrame:
+    """One study of ``strategy`` with study seed ``seed`` until ``bench.budget`` epochs are spent; its anytime
+    curve (one row per finished trial) with the strategy and seed added."""
+    torch.set_num_threads(threads)
+    quiet_optuna()
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    settings = bench.search_settings(strategy, seed)
+    data = load_cifar10(bench.data_dir)
+    train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
+    device = torch.device(bench.device)
+    study = optuna.create_study(
+        direction="maximize", sampler=_make_sampler(settings, 0, 0), pruner=_make_pruner(settings)
+    )
+    for label, params in _first_trials(settings, [], warm=bench.warm_start):
+        study.enqueue_trial(params, user_attrs={"enqueued": label})
+    objective = Objective(
+        space=SearchSpace.from_dict(settings.space),
+        base=settings.base_config(),
+        train_data=train_split.first(settings.train_subset).to(device),
+        val_data=val_split.to(device),
+        device=device,
+        study_seed=seed,
+    )
+
+    def stop_at_budget(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
+        spent = sum(t.user_attrs.get("epochs_run", 0) for t in study.get_trials(deepcopy=False))
+        if spent >= bench.budget:
+            study.stop()
+
+    study.optimize(objective, callbacks=[stop_at_budget], catch=(Exception,))
+    trials = study.get_trials(deepcopy=False)
+    curve = anytime_curve(trials)
+    curve.insert(0, "seed", seed)
+    curve.insert(0, "strategy", strategy)
+    pruned = {t.number for t in trials if t.state == optuna.trial.TrialState.PRUNED}
+    curve["pruned"] = curve.trial.isin(pruned)
+    accuracy = {t.number: t.user_attrs.get("val_acc_curve", []) for t in trials}
+    curve["val_acc_curve"] = [json.dumps(accuracy[n]) for n in curve.trial]
+    return curve
+
+
+def rank_correlations(curves: pd.DataFrame, epochs: int) -> pd.Series:
+    """Spearman correlation between each epoch's validation accuracy and the last epoch's, over the trials that
+    ran all ``epochs``: how much an early pruning decision at that epoch knows about the final ranking."""
+    full = [c for c in curves.val_acc_curve.map(json.loads) if len(c) == epochs]
+    if len(full) < 3:
+        return pd.Series(dtype=float)
+    table = pd.DataFrame(full, columns=range(1, epochs + 1))
+    return table.corr(method="spearman")[epochs].rename(f"Spearman with epoch {epochs} ({len(full)} trials)")
+
+
+def run_benchmark(bench: BenchSettings, strategies: list[str], seeds: int, jobs: int) -> pd.DataFrame:
+    """Every (strategy, seed) study, ``jobs`` at a time; their anytime curves in one frame."""
+    tasks = [(bench, s, seed) for seed in range(seeds) for s in strategies]
+    curves = []
+
+    def show(curve: pd.DataFrame) -> None:
+        curves.append(curve)
+        print(
+            f"  {curve.strategy.iloc[0]:<16} seed {curve.seed.iloc[0]}: {len(curve)} trials "
+            f"({curve.pruned.sum()} pruned), {curve.epochs.iloc[-1]} epochs, {curve.seconds.iloc[-1]:.0f} s, "
+            f"best {curve.best.iloc[-1]:.4f}",
+            flush=True,
+        )
+
+    if jobs == 1:
+        for task in tasks:
+            show(run_study(*task, threads=torch.get_num_threads()))
+    else:
+        context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no inherited thread pools
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+            for future in [pool.submit(run_study, *task) for task in tasks]:
+                show(future.result())
+    return pd.concat(curves, ignore_index=True)
+
+
+def epochs_to_reach(curve: pd.DataFrame, target: float) -> float:
+    """Cumulative epochs at the first trial whose best-so-far reaches ``target``; inf if it never does."""
+    reached = curve[curve.best >= target - 1e-12]
+    return float(reached.epochs.iloc[0]) if len(reached) else math.inf
+
+
+def summary_table(curves: pd.DataFrame, budget: int, baseline: str = BASELINE) -> pd.DataFrame:
+    """Per strategy: trials, pruned share, final best (mean ± CI over seeds), and the epochs each study needed to
+    reach the baseline's final best for the same seed, also as a fraction of the budget."""
+    finals = curves.groupby(["strategy", "seed"]).best.last()
+    rows = []
+    for strategy, per_strategy in curves.groupby("strategy", sort=False):
+        needed, trials, pruned, seconds = [], [], [], []
+        for seed, curve in per_strategy.groupby("seed"):
+            trials.append(len(curve))
+            pruned.append(curve.pruned.mean())
+            seconds.append(curve.seconds.iloc[-1])
+            if (baseline, seed) in finals.index:
+                needed.append(epochs_to_reach(curve, finals[(baseline, seed)]))
+        final = summarize(list(finals[strategy]))
+        reached = [n for n in needed if math.isfinite(n)]
+        rows.append(
+            {
+                "strategy": strategy,
+                "studies": len(trials),
+                "trials / study": np.mean(trials),
+                "pruned": np.mean(pruned),
+                "train s / study": np.mean(seconds),
+                "final best": f"{final.mean:.4f} ± {(final.ci_high - final.ci_low) / 2:.4f}"
+                if final.n > 1
+                else f"{final.mean:.4f}",
+                "reached baseline best": f"{len(reached)}/{len(needed)}",
+                # Studies that never reach it count as the whole budget: the mean is then a lower bound.
+                "epochs to baseline best": np.mean([min(n, budget) for n in needed]) if needed else math.nan,
+                "lower bound": len(reached) < len(needed),
+            }
+        )
+    table = pd.DataFrame(rows)
+    table["fraction of budget"] = table["epochs to baseline best"] / budget
+    return table
+
+
+def print_table(table: pd.DataFrame, budget: int) -> None:
+    print(
+        "| strategy | studies | trials / study | pruned | train s / study | final best (mean ± 95 % CI) "
+        f"| reached random's best | epochs to reach it (of {budget}) |"
+    )
+    print("|---|--:|--:|--:|--:|---|--:|--:|")
+    for r in table.itertuples(index=False):
+        bound = "≥ " if r[table.columns.get_loc("lower bound")] else ""
+        epochs = r[table.columns.get_loc("epochs to baseline best")]
+        fraction = r[table.columns.get_loc("fraction of budget")]
+        print(
+            f"| {r.strategy} | {r.studies} | {r[2]:.1f} | {r.pruned:.0%} | {r[4]:.0f} | {r[5]} | {r[6]} "
+            f"| {bound}{epochs:.1f} ({bound}{fraction:.2f} of the budget) |"
+        )
+
+
+def plot(curves: pd.DataFrame, budget: int, path: Path) -> None:
+    """Mean (over seeds) best-so-far validation accuracy against epochs spent, one line per strategy."""
+    grid = np.arange(1, budget + 1)
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for strategy, per_strategy in curves.groupby("strategy", sort=False):
+        lines = []
+        for _, curve in per_strategy.groupby("seed"):
+            # Best so far after e epochs = the curve's value at its last row with epochs <= e (NaN before).
+            idx = np.searchsorted(curve.epochs.to_numpy(), grid, side="right") - 1
+            values = np.where(idx >= 0, curve.best.to_numpy()[np.maximum(idx, 0)], np.nan)
+            lines.append(values)
+        ax.step(grid, pd.DataFrame(lines).mean(axis=0), where="post", label=strategy)  # NaN-skipping
+    ax.set_xlabel("epochs spent by the study")
+    ax.set_ylabel("best validation accuracy so far (mean over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def search_benchmark(args, device: torch.device) -> None:
+    strategies = list(dict.fromkeys(args.strategies or DEFAULT_STRATEGIES))
+    for strategy in strategies:
+        parse_strategy(strategy)
+    if BASELINE not in strategies:
+        strategies.append(BASELINE)  # what 'epochs to reach' is measured against
+    epochs = args.epochs or 6
+    bench = BenchSettings(
+        data_dir=args.data_dir,
+        epochs=epochs,
+        widths=tuple(args.widths or (16, 32, 64)),
+        train_subset=args.train_subset if args.train_subset is not None else 2000,
+        batch_size=args.batch_size or 128,
+        budget=args.budget or 30 * epochs,
+        warm_start=args.warm_start,
+        device=str(device),
+    )
+    if args.jobs > 1 and device.type == "cuda":
+        raise HpoError("--jobs > 1 is for the CPU; on a GPU run the studies one at a time (--jobs 1)")
+    load_cifar10(args.data_dir)  # a bad --data-dir fails here with one line, not in a worker process
+    print(
+        f"search benchmark on {device}: {len(strategies)} strategies x {args.seeds} study seeds, "
+        f"{bench.budget} epochs per study (trials of up to {epochs} epochs, widths "
+        f"{'/'.join(map(str, bench.widths))}, batch {bench.batch_size}, at most {bench.train_subset or 'all'} training "
+        f"images), warm start {'on' if bench.warm_start else 'off'}, {args.jobs} jobs",
+        flush=True,
+    )
+    curves = run_benchmark(bench, strategies, args.seeds, args.jobs)
+    table = summary_table(curves, bench.budget)
+    print()
+    print_table(table, bench.budget)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    correlations = rank_correlations(curves, epochs)
+    if len(correlations):
+        print(f"\nrank correlation of epoch-k validation accuracy with epoch {epochs}'s, over the full-length trials:")
+        print("  " + "  ".join(f"epoch {k}: {rho:.2f}" for k, rho in correlations.items()))
+    curves.to_csv(out / "search-bench-curves.csv", index=False)
+    plot(curves, bench.budget, out / "search-bench.png")
+    print(f"\ncurves: {out / 'search-bench-curves.csv'}; plot: {out / 'search-bench.png'}")
+
+
+def default_jobs() -> int:
+    return max(1, min(2, os.cpu_count() or 1))
