@@ -61,9 +61,8 @@ def test_cutout_fills_one_square_per_image_with_the_mean():
 def test_policies_are_reproducible_with_the_same_seeds():
     x = batch()
     for name in AUGMENTATIONS:
-        torch.manual_seed(0)  # trivial_augment also draws from the global RNG, which train() seeds
         a = POLICIES[name](x, torch.Generator().manual_seed(3))
-        torch.manual_seed(0)
+        torch.manual_seed(1)  # the global RNG plays no part: every draw comes from the generator
         b = POLICIES[name](x, torch.Generator().manual_seed(3))
         assert torch.equal(a, b), name
 
