@@ -139,9 +139,13 @@ def trivial_augment(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     blend each pixel with its grey value / 3x3 blur. The float arithmetic is torchvision's, fused multiply-adds
     included (emulated in float64), so on the CPU every op matches torchvision's functional op exactly.
     """
+    return apply_trivial(x, *sample_trivial(x.shape[0], gen, x.device))
+
+
+def apply_trivial(x: torch.Tensor, op: torch.Tensor, level: torch.Tensor, negative: torch.Tensor) -> torch.Tensor:
+    """Apply each image's draw (op index into TRIVIAL_OPS, magnitude bin, sign; as sample_trivial returns them)."""
     n, c, h, w = x.shape
     table = _trivial_tables(x.device)
-    op, level, negative = sample_trivial(n, gen, x.device)
     k = (op * TRIVIAL_BINS + level) * 2 + negative.long()  # (n,) index into the per-draw tables
     flat = x.reshape(n, c, h * w)
 
