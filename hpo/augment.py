@@ -190,9 +190,10 @@ def _to_uint8(v: torch.Tensor) -> torch.Tensor:
 def _grayscale(img: torch.Tensor) -> torch.Tensor:
     """torchvision's rgb_to_grayscale of a uint8 batch, floored to uint8: float32 products and fused multiply-adds
     (``r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114)``), emulated exactly in float64."""
-    gray = img[:, 0].float().mul_(_f32(0.2989)).double()
-    gray = img[:, 1].double().mul_(_f32(0.587)).add_(gray).float().double()
-    gray = img[:, 2].double().mul_(_f32(0.114)).add_(gray).float()
+    red, green, blue = _GRAY_WEIGHTS
+    gray = img[:, 0].float().mul_(red).double()
+    gray = img[:, 1].double().mul_(green).add_(gray).float().double()
+    gray = img[:, 2].double().mul_(blue).add_(gray).float()
     return gray.to(torch.uint8)[:, None]
 
 
@@ -235,9 +236,8 @@ def _equalize_lut(flat: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.where(step != 0, lut, identity)
 
 
-def _f32(v: float) -> float:
-    """``v`` rounded to float32, as torch rounds a Python scalar multiplying a float32 tensor."""
-    return torch.tensor(v, dtype=torch.float32).item()
+# torchvision's grey weights rounded to float32, as torch rounds a Python scalar multiplying a float32 tensor.
+_GRAY_WEIGHTS = tuple(torch.tensor([0.2989, 0.587, 0.114], dtype=torch.float32).tolist())
 
 
 @dataclass(frozen=True)
