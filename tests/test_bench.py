@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+from hpo.augment import POLICIES
 from hpo.bench import ALL_OFF, ALL_ON, main, run_ablation
 from hpo.config import COMPONENTS_OFF, TrainConfig
 from hpo.data import load_cifar10
@@ -22,6 +23,20 @@ def test_pipeline_benchmark_compares_against_a_dataloader(tiny_data_dir, capsys)
     assert "speed-up (ours / DataLoader):" in out
     for policy in ("flip_translate", "trivial_augment (per-image loop)", "flip_translate_cutout"):
         assert policy in out
+    assert "vs flip_translate" in out
+
+
+def test_augment_only_prints_each_policy_against_flip_translate(tiny_data_dir, capsys):
+    assert main(["--augment-only", "--data-dir", str(tiny_data_dir), *TINY_FLAGS]) == 0
+    out = capsys.readouterr().out
+    assert "hpo on-device batches" not in out  # no training runs
+    header, *table = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    assert header.split() == ["policy", "img/s", "vs", "flip_translate"]
+    rows = {name: (float(rate), ratio) for name, rate, ratio in (line.rsplit(maxsplit=2) for line in table)}
+    assert list(rows) == [*POLICIES, "trivial_augment (per-image loop)"]
+    assert rows["flip_translate"][1] == "1.00x"
+    for rate, ratio in rows.values():
+        assert rate > 0 and float(ratio.removesuffix("x")) > 0
 
 
 def test_ablation_rows_turn_off_one_component_each_then_all(tiny_data_dir):

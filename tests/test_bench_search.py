@@ -82,7 +82,13 @@ def test_cli_prints_the_table_and_writes_curves_and_plot(tiny_data_dir, tmp_path
 
 @pytest.mark.parametrize(
     "flags",
-    [["--strategies", "tpe:bogus"], ["--strategies", "annealing:none"], ["--budget", "0"], ["--search", "--ablation"]],
+    [
+        ["--strategies", "tpe:bogus"],
+        ["--strategies", "annealing:none"],
+        ["--budget", "0"],
+        ["--search", "--ablation"],
+        ["--ablation", "--augment-only"],
+    ],
 )
 def test_bad_strategy_or_budget_is_one_line(tiny_data_dir, flags, capsys):
     with pytest.raises(SystemExit) as exit_info:
