@@ -7,20 +7,26 @@ only the source of batches differs. Also times each augmentation policy on its o
 Search (``--search``, in ``hpo.bench_search``): search strategies (sampler + pruner) compared on one epoch
 budget over several study seeds.
 
+Variants (``--variants FILE``): changes to the recipe, given as a space file fixes values, each trained like a
+trial at the CPU search size (validation accuracy): the evidence behind the default search space.
+
 Ablation (``--ablation``): airbench94's recipe with all its components, each one off in turn, and all off
 (the pre-recipe trainer), k seeds each, trained on the whole training set and scored on the test set.
 
     python -m hpo.bench --data-dir ../shared/data/cifar10-subset
     python -m hpo.bench --ablation --data-dir ../shared/data/cifar10-subset
     python -m hpo.bench --search --data-dir ../shared/data/cifar10-subset
+    python -m hpo.bench --variants examples/space-probes.yaml --data-dir ../shared/data/cifar10-subset
     python -m hpo.bench --augment-only --data-dir ../shared/data/cifar10-subset
 """
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 import torch
+import yaml
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
@@ -29,6 +35,8 @@ from hpo.bench_search import DEFAULT_STRATEGIES, default_jobs, search_benchmark
 from hpo.config import COMPONENTS_OFF, TrainConfig
 from hpo.data import Cifar10, Split, load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
+from hpo.search import CPU_DEFAULTS
+from hpo.space import SearchSpace
 from hpo.stats import summarize
 from hpo.train import BatchSource, resolve_device, train
 
@@ -239,12 +247,67 @@ def ablation_benchmark(args, device: torch.device) -> None:
     print_ablation(table)
 
 
+def run_variants(
+    variants: dict[str, dict], base: TrainConfig, data: Cifar10, device: torch.device, seeds: int
+) -> list[dict]:
+    """Each variant (space values over ``base``, as a space file fixes them) trained like a trial: on the search's
+    training split, scored on its validation split; seeds 0..seeds-1, seeds the outer loop."""
+    train_split, val_split = train_val_split(data.train, 0.1, seed=0)
+    configs = {label: SearchSpace.to_config(values or {}, base) for label, values in variants.items()}
+    accuracies: dict[str, list[float]] = {label: [] for label in configs}
+    for seed in range(seeds):
+        for label, config in configs.items():
+            result = train(config.replace(seed=seed), train_split, val_split, device)
+            accuracies[label].append(result.val_acc)
+            print(f"  seed {seed}  {label:<30} val {result.val_acc:.4f}", flush=True)
+    first = summarize(accuracies[next(iter(configs))]).mean
+    return [
+        {"variant": label, "val_acc": summarize(accs), "runs": accs, "difference": summarize(accs).mean - first}
+        for label, accs in accuracies.items()
+    ]
+
+
+def variants_benchmark(args, device: torch.device) -> None:
+    path = Path(args.variants)
+    try:
+        variants = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as err:
+        raise HpoError(f"cannot read variants file {path}: {str(err).splitlines()[0]}") from None
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) or v is None for v in variants.values()):
+        raise HpoError(f"{path}: expected label: {{parameter: value, ...}} entries (space-file names)")
+    cpu = CPU_DEFAULTS
+    base = TrainConfig.recipe(
+        epochs=args.epochs or cpu["epochs"],
+        widths=tuple(args.widths or cpu["widths"]),
+        batch_size=args.batch_size or cpu["batch_size"],
+        train_subset=args.train_subset if args.train_subset is not None else cpu["train_subset"],
+    )
+    for label, values in variants.items():
+        try:
+            SearchSpace.to_config(values or {}, base)
+        except (HpoError, TypeError) as err:
+            raise HpoError(f"{path}: variant {label!r}: {err}") from None
+    print(
+        f"variants on {device}: {len(variants)} x {args.seeds} seeds at widths {'/'.join(map(str, base.widths))}, "
+        f"batch {base.batch_size}, {base.epochs} epochs; validation accuracy on the search's split",
+        flush=True,
+    )
+    table = run_variants(variants, base, load_cifar10(args.data_dir), device, args.seeds)
+    print(f"\n| variant | val acc (mean ± 95 % CI) | runs | vs {table[0]['variant']} |")
+    print("|---|---|---|--:|")
+    for row in table:
+        acc = row["val_acc"]
+        runs = " ".join(f"{a:.3f}" for a in row["runs"])
+        print(f"| {row['variant']} | {acc} | {runs} | {row['difference']:+.4f} |")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m hpo.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--data-dir", default="data")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--ablation", action="store_true", help="the recipe's components, one off at a time")
     parser.add_argument("--search", action="store_true", help="search strategies on one epoch budget")
+    parser.add_argument("--variants", metavar="FILE", help="changes to the recipe (YAML), each trained like a trial")
     parser.add_argument(
         "--augment-only", action="store_true", help="only time the augmentation policies (no training runs)"
     )
@@ -257,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--strategies", nargs="+", metavar="SAMPLER:PRUNER", help=f"--search: default {' '.join(DEFAULT_STRATEGIES)}"
     )
-    parser.add_argument("--budget", type=int, help="--search: epochs per study (default 30 x --epochs)")
+    parser.add_argument("--budget", type=int, help="--search: epochs per study (default 25 x --epochs)")
     parser.add_argument("--train-subset", type=int, help="--search: training images per trial (default 2000)")
     parser.add_argument("--warm-start", action="store_true", help="--search: every study starts with the recipe")
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="--search: studies at once (CPU)")
@@ -270,12 +333,14 @@ def main(argv: list[str] | None = None) -> int:
             raise HpoError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.tile_to < 0 or args.workers < 0 or (args.train_subset or 0) < 0:
         raise HpoError("--tile-to, --workers and --train-subset must be >= 0")
-    if args.search + args.ablation + args.augment_only > 1:
-        raise HpoError("--search, --ablation and --augment-only are separate benchmarks: pass one of them")
+    if args.search + args.ablation + args.augment_only + bool(args.variants) > 1:
+        raise HpoError("--search, --ablation, --variants and --augment-only are separate benchmarks: pass one")
 
     device = resolve_device(args.device)
     if args.search:
         search_benchmark(args, device)
+    elif args.variants:
+        variants_benchmark(args, device)
     elif args.ablation:
         ablation_benchmark(args, device)
     elif args.augment_only:

@@ -251,7 +251,7 @@ def search_benchmark(args, device: torch.device) -> None:
         widths=tuple(args.widths or (16, 32, 64)),
         train_subset=args.train_subset if args.train_subset is not None else 2000,
         batch_size=args.batch_size or 128,
-        budget=args.budget or 30 * epochs,
+        budget=args.budget or 25 * epochs,
         warm_start=args.warm_start,
         device=str(device),
     )

@@ -78,3 +78,45 @@ def test_bad_values_are_one_line_without_traceback(tiny_data_dir, flag):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_variants_train_each_change_like_a_trial_and_compare_with_the_first(tiny_data_dir, tmp_path, capsys):
+    variants = tmp_path / "v.yaml"
+    variants.write_text("recipe: {}\nfaster: {lr_decoupled: 40.0, momentum: 0.8}\nno lookahead: {lookahead: false}\n")
+    assert main(["--variants", str(variants), "--data-dir", str(tiny_data_dir), "--seeds", "2", *TINY_FLAGS]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "variant" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["recipe", "faster", "no lookahead"]
+    assert rows[0].rstrip().endswith("| +0.0000 |")
+    assert all(len(r.split("|")[3].split()) == 2 for r in rows)  # one value per seed
+
+
+def test_variants_use_the_space_units_over_the_base(tiny_data_dir, monkeypatch):
+    import hpo.bench
+    from hpo.space import to_sgd
+
+    base = TrainConfig.recipe(batch_size=16, epochs=1, widths=(8, 16, 16))
+    data = load_cifar10(tiny_data_dir, download=False)
+    seen, real_train = [], hpo.bench.train
+
+    def spy(config, *args, **kwargs):
+        seen.append(config)
+        return real_train(config, *args, **kwargs)
+
+    monkeypatch.setattr(hpo.bench, "train", spy)
+    hpo.bench.run_variants({"a": {}, "b": {"lr_decoupled": 40.0, "momentum": 0.8}}, base, data, torch.device("cpu"), 1)
+    assert seen[0].lr == pytest.approx(base.lr) and seen[0].momentum == base.momentum
+    assert (seen[1].lr, seen[1].momentum) == (pytest.approx(to_sgd(40.0, 0.0153, 0.8, 16)[0]), 0.8)
+    assert seen[1].epochs == 1 and seen[1].widths == (8, 16, 16)
+
+
+def test_a_bad_variants_file_is_one_line(tiny_data_dir, tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("recipe: {}\nwrong: {lr_decoupled: -3}\n")
+    proc = subprocess.run(
+        [sys.executable, "-m", "hpo.bench", "--variants", str(bad), "--data-dir", str(tiny_data_dir)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "'wrong'" in proc.stderr

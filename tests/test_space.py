@@ -49,8 +49,9 @@ def test_sampled_configs_are_the_params_in_sgd_terms_and_stay_inside_the_ranges(
     base = TrainConfig(batch_size=512, label_smoothing=0.1)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
     # The plain-SGD values the default decoupled ranges allow at this batch size and these momentum bounds.
-    lr_low = to_sgd(0.5, 1e-4, 0.95, 512)[0]  # more momentum, smaller SGD step
-    lr_high = to_sgd(32.0, 1e-4, 0.6, 512)[0]
+    lr_d, wd_d, mom, drop = (DEFAULT_SPACE[k] for k in ("lr_decoupled", "wd_decoupled", "momentum", "dropout"))
+    lr_low = to_sgd(lr_d.low, wd_d.low, mom.high, 512)[0]  # more momentum, smaller SGD step
+    lr_high = to_sgd(lr_d.high, wd_d.low, mom.low, 512)[0]
     for _ in range(30):
         trial = study.ask()
         config = space.suggest(trial, base)
@@ -60,8 +61,9 @@ def test_sampled_configs_are_the_params_in_sgd_terms_and_stay_inside_the_ranges(
         assert (config.momentum, config.dropout) == (p["momentum"], p["dropout"])
         assert (config.augmentation, config.scheduler) == (p["augmentation"], p["scheduler"])
         assert (config.batch_size, config.label_smoothing, config.epochs) == (512, 0.1, base.epochs)  # not sampled
-        assert 0.6 <= config.momentum <= 0.95 and 0 <= config.dropout <= 0.5
-        assert lr_low <= config.lr <= lr_high and 1e-4 / 32 <= config.weight_decay <= 0.1 / 0.5
+        assert mom.low <= config.momentum <= mom.high and drop.low <= config.dropout <= drop.high
+        assert lr_low <= config.lr <= lr_high
+        assert wd_d.low / lr_d.high <= config.weight_decay <= wd_d.high / lr_d.low
         study.tell(trial, 0.0)
 
 
