@@ -120,3 +120,17 @@ def test_a_bad_variants_file_is_one_line(tiny_data_dir, tmp_path):
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "'wrong'" in proc.stderr
+
+
+def test_the_shipped_space_probes_are_valid_variants():
+    from pathlib import Path
+
+    import yaml
+
+    from hpo.search import CPU_DEFAULTS
+    from hpo.space import SearchSpace
+
+    probes = yaml.safe_load((Path(__file__).parents[1] / "examples" / "space-probes.yaml").read_text())
+    base = TrainConfig.recipe(**{k: CPU_DEFAULTS[k] for k in ("epochs", "widths", "train_subset", "batch_size")})
+    configs = {label: SearchSpace.to_config(values, base) for label, values in probes.items()}
+    assert configs["recipe"].matches(base) and len({c.to_json() for c in configs.values()}) == len(configs)
