@@ -17,6 +17,7 @@ import json
 import math
 import multiprocessing
 import os
+import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -82,6 +83,13 @@ def parse_strategy(text: str) -> tuple[str, str]:
     return sampler, pruner
 
 
+def bench_sampler(settings: Settings) -> optuna.samplers.BaseSampler:
+    """The search's sampler for this study seed, on a seed stream of its own per sampler: TPE's random start-up
+    trials must not be the random search's first trials (each strategy finds its own best), while strategies with
+    the same sampler share it, so their pruners are compared on the same proposals."""
+    return _make_sampler(settings, 0, zlib.crc32(settings.sampler.encode()) % 100_003)
+
+
 def run_study(bench: BenchSettings, strategy: str, seed: int, threads: int = 1) -> pd.DataFrame:
     """One study of ``strategy`` with study seed ``seed`` until ``bench.budget`` epochs are spent; its anytime
     curve (one row per finished trial) with the strategy and seed added."""
@@ -92,9 +100,7 @@ def run_study(bench: BenchSettings, strategy: str, seed: int, threads: int = 1) 
     data = load_cifar10(bench.data_dir)
     train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
     device = torch.device(bench.device)
-    study = optuna.create_study(
-        direction="maximize", sampler=_make_sampler(settings, 0, 0), pruner=_make_pruner(settings)
-    )
+    study = optuna.create_study(direction="maximize", sampler=bench_sampler(settings), pruner=_make_pruner(settings))
     for label, params in _first_trials(settings, [], warm=bench.warm_start):
         study.enqueue_trial(params, user_attrs={"enqueued": label})
     objective = Objective(
@@ -251,7 +257,7 @@ def search_benchmark(args, device: torch.device) -> None:
         widths=tuple(args.widths or (16, 32, 64)),
         train_subset=args.train_subset if args.train_subset is not None else 2000,
         batch_size=args.batch_size or 128,
-        budget=args.budget or 25 * epochs,
+        budget=args.budget or 20 * epochs,
         warm_start=args.warm_start,
         device=str(device),
     )

@@ -8,7 +8,15 @@ import pandas as pd
 import pytest
 
 from hpo.bench import main
-from hpo.bench_search import BASELINE, BenchSettings, epochs_to_reach, rank_correlations, run_study, summary_table
+from hpo.bench_search import (
+    BASELINE,
+    BenchSettings,
+    bench_sampler,
+    epochs_to_reach,
+    rank_correlations,
+    run_study,
+    summary_table,
+)
 from hpo.errors import run_cli
 
 TINY = ["--widths", "8", "16", "16", "--batch-size", "16", "--device", "cpu", "--epochs", "2"]
@@ -115,3 +123,16 @@ def test_rank_correlations_use_only_full_length_trials():
     assert rho[2] == pytest.approx(0.8)  # ranks 2,1,3,4 against 1,2,3,4
     assert rho[1] == pytest.approx(1.0)
     assert "4 trials" in rho.name
+
+
+def test_samplers_draw_their_own_points_and_pruners_share_them():
+    import optuna
+
+    bench = BenchSettings("data", 2, (8, 16, 16), 0, 16, budget=4, warm_start=False)
+
+    def first_points(strategy: str) -> list[float]:
+        study = optuna.create_study(sampler=bench_sampler(bench.search_settings(strategy, seed=1)))
+        return [study.ask().suggest_float("x", 0, 1) for _ in range(3)]
+
+    assert first_points("tpe:hyperband") == first_points("tpe:none")  # same proposals: only the pruner differs
+    assert first_points("tpe:none") != first_points("random:none")  # TPE's start-up is not random search's
