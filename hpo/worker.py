@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from hpo.errors import HpoError
 from hpo.objective import Objective
-from hpo.storage import RETRY_STALE, heartbeat, heartbeat_interval
+from hpo.storage import RETRY_STALE, ask_lock, heartbeat, heartbeat_interval
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trials that count towards --n-trials or are being run for it. (A WAITING trial is a queued retry: the next
@@ -83,7 +83,8 @@ def run_worker(
 def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
     """``study.ask()``, unless the asked trial lost the race for the last slot: then it goes back to the queue
     (WAITING, untouched) for a later run, and the answer is None."""
-    trial = study.ask()
+    with ask_lock(study._storage):
+        trial = study.ask()
     earlier = [t for t in study.get_trials(deepcopy=False, states=TAKEN) if t.number < trial.number]
     if len(earlier) < n_trials:
         return trial
