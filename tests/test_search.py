@@ -135,31 +135,23 @@ def test_timeout_stops_the_running_trial_at_an_epoch_end_and_the_next_run_resume
     assert len(retry.intermediate_values) > epochs  # resumed, then trained on until this run's budget ran out
 
 
-def test_trials_per_gpu_on_a_cpu_starts_that_many_workers(tiny_data_dir, tmp_path):
-    url = sqlite_url(tmp_path / "s.db")
-    args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "1", "--n-trials", "4", *TINY]
-    proc = run_search(*args, "--trials-per-gpu", "2")
-    assert proc.returncode == 0, proc.stderr
-    assert (
-        "packing: 2 concurrent trials on the CPU, cores split between them = 2 worker processes (--trials-per-gpu)"
-        in proc.stdout
-    )
-    assert {line.split("]")[0] for line in proc.stdout.splitlines() if line.startswith("[w")} == {"[w0", "[w1"}
-    run = optuna.load_study(study_name="cifar10", storage=url).user_attrs["last_run"]
-    assert (run["workers"], run["devices"], run["finished"]) == (2, 1, 4)
-
-
 def test_parallel_workers_complete_exactly_n_trials_without_lock_errors(tiny_data_dir, tmp_path):
+    # --trials-per-gpu 3 on a CPU: 3 worker processes, as --workers 3 (which the soak and dashboard tests use).
     url = sqlite_url(tmp_path / "s.db")
-    proc = run_search(
-        "--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "2", "--workers", "3", "--n-trials", "9", *TINY
-    )
+    args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "2", "--n-trials", "9", *TINY]
+    proc = run_search(*args, "--trials-per-gpu", "3")
     assert proc.returncode == 0, proc.stderr
     assert "locked" not in proc.stderr + proc.stdout
+    assert (
+        "packing: 3 concurrent trials on the CPU, cores split between them = 3 worker processes (--trials-per-gpu)"
+        in proc.stdout
+    )
     s = states(url)
     assert finished(url) == 9 and "FAIL" not in s and "RUNNING" not in s
     workers = {line.split("]")[0] for line in proc.stdout.splitlines() if line.startswith("[w")}
     assert len(workers) >= 2  # trials really ran in several processes
+    run = optuna.load_study(study_name="cifar10", storage=url).user_attrs["last_run"]
+    assert (run["workers"], run["devices"], run["finished"]) == (3, 1, 9)
     with sqlite3.connect(tmp_path / "s.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
