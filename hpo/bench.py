@@ -13,11 +13,15 @@ trial at the CPU search size (validation accuracy): the evidence behind the defa
 Ablation (``--ablation``): airbench94's recipe with all its components, each one off in turn, and all off
 (the pre-recipe trainer), k seeds each, trained on the whole training set and scored on the test set.
 
+Packing (``--packing``, in ``hpo.bench_packing``): trials per hour of the same search with K = 1..4 concurrent
+trials per device.
+
     python -m hpo.bench --data-dir ../shared/data/cifar10-subset
     python -m hpo.bench --ablation --data-dir ../shared/data/cifar10-subset
     python -m hpo.bench --search --data-dir ../shared/data/cifar10-subset
     python -m hpo.bench --variants examples/space-probes.yaml --data-dir ../shared/data/cifar10-subset
     python -m hpo.bench --augment-only --data-dir ../shared/data/cifar10-subset
+    python -m hpo.bench --packing --data-dir ../shared/data/cifar10-subset --k 1 2
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from hpo.augment import CIFAR_MEAN, CIFAR_STD, POLICIES, normalize
+from hpo.bench_packing import packing_benchmark
 from hpo.bench_search import DEFAULT_STRATEGIES, default_jobs, search_benchmark
 from hpo.config import COMPONENTS_OFF, TrainConfig
 from hpo.data import Cifar10, Split, load_cifar10, train_val_split
@@ -313,7 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=int, default=3, help="runs per ablation row / studies per strategy (3)")
     parser.add_argument("--ends-only", action="store_true", help="--ablation: only the all-on and all-off rows")
-    parser.add_argument("--epochs", type=int, help="default: 3 (pipeline); --ablation: 8 on CPU, 10 on GPU")
+    parser.add_argument(
+        "--epochs", type=int, help="default: 3 (pipeline); --ablation: 8 on CPU, 10 on GPU; --packing: 2 / 10"
+    )
     parser.add_argument("--widths", type=int, nargs=3, help="default: 32 64 128 on CPU, 64 256 256 on GPU")
     parser.add_argument("--batch-size", type=int, help="default: 256 (pipeline); --ablation: 128 on CPU, 1024 on GPU")
     parser.add_argument("--tile-to", type=int, default=0, help="repeat the training images up to this many")
@@ -321,23 +328,32 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies", nargs="+", metavar="SAMPLER:PRUNER", help=f"--search: default {' '.join(DEFAULT_STRATEGIES)}"
     )
     parser.add_argument("--budget", type=int, help="--search: epochs per study (default 20 x --epochs)")
-    parser.add_argument("--train-subset", type=int, help="--search: training images per trial (default 2000)")
+    parser.add_argument("--train-subset", type=int, help="--search/--packing: training images per trial (default 2000)")
     parser.add_argument("--warm-start", action="store_true", help="--search: every study starts with the recipe")
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="--search: studies at once (CPU)")
     parser.add_argument("--out", default="reports", help="--search: folder for the curves CSV and the plot")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes for the baseline")
+    parser.add_argument("--packing", action="store_true", help="trials per hour with K concurrent trials per device")
+    parser.add_argument("--k", type=int, nargs="+", help="--packing: trials per device to compare (default 1 2 3 4)")
+    parser.add_argument("--n-trials", type=int, help="--packing: trials per K (default 8 on CPU, 32 on GPU)")
     args = parser.parse_args(argv)
-    for name in ("seeds", "epochs", "batch_size", "budget", "jobs"):
+    for name in ("seeds", "epochs", "batch_size", "budget", "jobs", "n_trials"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise HpoError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
     if args.tile_to < 0 or args.workers < 0 or (args.train_subset or 0) < 0:
         raise HpoError("--tile-to, --workers and --train-subset must be >= 0")
-    if args.search + args.ablation + args.augment_only + bool(args.variants) > 1:
-        raise HpoError("--search, --ablation, --variants and --augment-only are separate benchmarks: pass one")
+    if args.search + args.ablation + args.packing + args.augment_only + bool(args.variants) > 1:
+        raise HpoError(
+            "--search, --ablation, --packing, --variants and --augment-only are separate benchmarks: pass one"
+        )
+    if any(k < 1 for k in args.k or []):
+        raise HpoError(f"--k values must be at least 1, got {args.k}")
 
     device = resolve_device(args.device)
-    if args.search:
+    if args.packing:
+        packing_benchmark(args, device)
+    elif args.search:
         search_benchmark(args, device)
     elif args.variants:
         variants_benchmark(args, device)

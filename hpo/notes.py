@@ -4,7 +4,8 @@
   ``set_retrain_section`` adds or replaces its "Retrain" section later (the retrain result with its CI).
 - ``upload_trial_artifacts``: a trial's learning curve (PNG) and config (JSON), stored in an artifact store
   (``artifact_store_for``: ``<studies dir>/<study name>-artifacts/``) and listed in the dashboard's trial view.
-  Optuna refuses to change a finished trial, so call it before ``study.tell``.
+  Optuna refuses to change a finished trial, so call it before ``study.tell``. With a ``later`` executor (the
+  search's drawing thread) the PNG is attached at once and drawn there, off the training path.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from __future__ import annotations
 import json
 import re
 import tempfile
+import warnings
+from concurrent.futures import Executor
 from pathlib import Path
 from typing import Any
 
@@ -154,12 +157,16 @@ def artifact_store_for(study_name: str, studies_dir: str | Path = "studies") -> 
 
 
 def upload_trial_artifacts(
-    study: optuna.Study, trial: optuna.Trial | optuna.trial.FrozenTrial, artifact_store: Any
+    study: optuna.Study,
+    trial: optuna.Trial | optuna.trial.FrozenTrial,
+    artifact_store: Any,
+    later: Executor | None = None,
 ) -> list[str]:
     """Upload the trial's learning curve (PNG, if it has run an epoch) and config (JSON); returns artifact ids.
 
     Reads the user attributes ``val_acc_curve``, ``val_loss_curve`` and ``config`` from the storage. The trial
-    must still be running: call this after the objective has recorded them and before ``study.tell``.
+    must still be running: call this after the objective has recorded them and before ``study.tell``. With
+    ``later``, the curve is uploaded as an empty file now and drawn into the store by ``later``.
     """
     storage = study._storage
     frozen = storage.get_trial(trial._trial_id)
@@ -169,24 +176,39 @@ def upload_trial_artifacts(
             "trial, so upload them before study.tell"
         )
     attrs = frozen.user_attrs
+
+    def upload(path: Path) -> str:
+        return upload_artifact(
+            artifact_store=artifact_store, file_path=str(path), study_or_trial=frozen, storage=storage
+        )
+
     ids = []
     with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
-        files = []
         acc, loss = attrs.get("val_acc_curve") or [], attrs.get("val_loss_curve") or []
         if acc or loss:
             title = f"{study.study_name} trial {frozen.number} ({attrs.get('epochs_run', len(acc))} epochs)"
-            files.append(plot_learning_curve(acc, loss, Path(tmp) / f"trial-{frozen.number}-{CURVE_SUFFIX}", title))
+            path = Path(tmp) / f"trial-{frozen.number}-{CURVE_SUFFIX}"
+            if later is None:
+                ids.append(upload(plot_learning_curve(acc, loss, path, title)))
+            else:
+                path.touch()  # the artifact's name and type now (a finished trial takes none), its picture later
+                ids.append(upload(path))
+                later.submit(_draw_into_store, artifact_store, ids[-1], acc, loss, title)
         if "config" in attrs:
             path = Path(tmp) / f"trial-{frozen.number}-{CONFIG_SUFFIX}"
             path.write_text(json.dumps(attrs["config"], indent=2, sort_keys=True) + "\n")
-            files.append(path)
-        for path in files:
-            ids.append(
-                upload_artifact(
-                    artifact_store=artifact_store, file_path=str(path), study_or_trial=frozen, storage=storage
-                )
-            )
+            ids.append(upload(path))
     return ids
+
+
+def _draw_into_store(artifact_store: Any, artifact_id: str, acc: list, loss: list, title: str) -> None:
+    try:
+        with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
+            path = plot_learning_curve(acc, loss, Path(tmp) / "curve.png", title)
+            with open(path, "rb") as f:
+                artifact_store.write(artifact_id, f)
+    except Exception as err:  # noqa: BLE001 - a plotting problem must not end the search
+        warnings.warn(f"{title}: learning curve not drawn ({err})", stacklevel=1)
 
 
 def plot_learning_curve(val_acc: list[float], val_loss: list[float], path: Path, title: str = "") -> Path:

@@ -4,6 +4,9 @@ Everything worth keeping about a trial goes into the storage as user attributes,
 included, so the study file is the system of record: a trial whose training raises (or is interrupted) still
 gets ``config``, ``seed``, ``device``, ``val_acc_curve``, ``val_loss_curve`` and ``epochs_run`` up to the failure,
 and ``wall_seconds``.
+
+The search's ``deadline`` (``--timeout``) is checked at every epoch boundary: a trial with epochs left raises
+``SearchTimeout`` there, after its checkpoint is saved; the worker fails it and queues a retry that resumes from it.
 """
 
 from __future__ import annotations
@@ -12,6 +15,7 @@ import contextlib
 import dataclasses
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -27,12 +31,22 @@ from hpo.train import EpochStats, TrainResult, train
 OBJECTIVE_NAME = "validation accuracy"
 SETTINGS_ATTR = "hpo_settings"  # study user attribute holding the search settings
 RETRAIN_ATTR = "retrain"  # study user attribute holding the retrain result
+RUN_ATTR = "last_run"  # study user attribute: the last search run's accounting (hpo.search.record_run)
+CHECKPOINT_EVERY_S = 30.0  # a trial's checkpoint is written at most this often (and at its end, and on interrupt)
+
+
+class SearchTimeout(Exception):
+    """The search's wall-clock budget ran out while this trial still had epochs to run."""
 
 
 def trial_seed(study_seed: int, trial_number: int) -> int:
     """A per-trial seed from the study seed and trial number: a single-worker study replays exactly.
     A retried trial keeps the seed of the trial it retries."""
     return (study_seed * 1_000_003 + trial_number) % 2**31
+
+
+def _drawing_thread() -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(max_workers=1, thread_name_prefix="hpo-draw")  # its thread starts at the first job
 
 
 @dataclasses.dataclass
@@ -43,8 +57,13 @@ class Objective:
     val_data: Split
     device: torch.device
     study_seed: int = 0
-    checkpoint_dir: Path | None = None  # per-epoch checkpoints, so a retried trial resumes where it died
+    checkpoint_dir: Path | None = None  # epoch checkpoints, so a retried trial resumes where it died
     artifact_store: Any = None  # where the dashboard finds each trial's learning curve and config
+    checkpoint_every: float = CHECKPOINT_EVERY_S
+    deadline: float | None = None  # time.time() after which no epoch starts (--timeout)
+    command_start: float | None = None  # time.time() the command started: the first trial stores its start-up time
+    # Learning curves are drawn in this thread while the next trial trains (close() waits for them).
+    drawer: ThreadPoolExecutor = dataclasses.field(default_factory=_drawing_thread)
 
     def config_for(self, trial: optuna.Trial, origin: int) -> TrainConfig:
         return self.space.suggest(trial, self.base).replace(seed=trial_seed(self.study_seed, origin))
@@ -65,6 +84,8 @@ class Objective:
         def report_and_ask(stats: EpochStats) -> bool:
             history.append(stats)
             trial.report(stats.val_acc, stats.epoch)
+            if self.deadline is not None and time.time() >= self.deadline and stats.epoch < config.epochs:
+                raise SearchTimeout(f"the --timeout budget ran out after epoch {stats.epoch}")
             return trial.should_prune()  # True stops training; we raise TrialPruned once it has returned
 
         started = time.perf_counter()
@@ -76,15 +97,17 @@ class Objective:
                 self.device,
                 on_epoch=report_and_ask,
                 checkpoint=self.checkpoint_path(origin),
+                checkpoint_every=self.checkpoint_every,
+                on_first_step=self._startup_timer(trial),
             )
         except BaseException:
             with contextlib.suppress(Exception):  # best effort: the original error is what matters
                 _record_failed(trial, history, time.perf_counter() - started)
             raise
-        _record(trial, result)
+        _record(trial, result, time.perf_counter() - started)
         if self.artifact_store is not None:
             try:
-                upload_trial_artifacts(trial.study, trial, self.artifact_store)
+                upload_trial_artifacts(trial.study, trial, self.artifact_store, later=self.drawer)
             except Exception as err:  # noqa: BLE001 - a plotting problem must not fail a trial that trained fine
                 warnings.warn(f"trial {trial.number}: artifacts not uploaded ({err})", stacklevel=1)
         if result.diverged:
@@ -95,6 +118,19 @@ class Objective:
             trial.set_user_attr("stop_reason", f"pruned after epoch {result.epochs_run}")
             raise optuna.TrialPruned(f"pruned after epoch {result.epochs_run} at val acc {result.val_acc:.4f}")
         return result.val_acc
+
+    def close(self) -> None:
+        """Wait for the learning curves still being drawn (the objective stays usable)."""
+        self.drawer.shutdown(wait=True)
+        self.drawer = _drawing_thread()
+
+    def _startup_timer(self, trial: optuna.Trial):
+        """For this process's first trial only: a callback storing the seconds from the command's start to the
+        trial's first optimizer step (user attribute ``startup_seconds``)."""
+        if self.command_start is None:
+            return None
+        start, self.command_start = self.command_start, None
+        return lambda: trial.set_user_attr("startup_seconds", round(time.time() - start, 3))
 
 
 def _record_curves(trial: optuna.Trial, history: list[EpochStats]) -> None:
@@ -107,10 +143,14 @@ def _record_failed(trial: optuna.Trial, history: list[EpochStats], wall_seconds:
     """What a trial whose training raised had done: its epochs so far and the time it took."""
     _record_curves(trial, history)
     trial.set_user_attr("wall_seconds", round(wall_seconds, 3))
+    trial.set_user_attr("device_seconds", round(wall_seconds, 3))
 
 
-def _record(trial: optuna.Trial, result: TrainResult) -> None:
+def _record(trial: optuna.Trial, result: TrainResult, device_seconds: float) -> None:
     _record_curves(trial, result.history)
     trial.set_user_attr("train_seconds", round(result.train_seconds, 3))
     trial.set_user_attr("wall_seconds", round(result.wall_seconds, 3))
+    # This attempt's whole train() call (whitening, steps, evaluations), without a resumed attempt's time before it:
+    # the device time the accounting adds up.
+    trial.set_user_attr("device_seconds", round(device_seconds, 3))
     trial.set_user_attr("images_per_second", round(result.images_per_second, 1))

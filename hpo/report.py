@@ -24,7 +24,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from hpo.config import TTA_NAMES  # noqa: E402
 from hpo.errors import ArgumentParser, HpoError, run_cli  # noqa: E402
-from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR  # noqa: E402
+from hpo.objective import RETRAIN_ATTR, RUN_ATTR, SETTINGS_ATTR  # noqa: E402
 from hpo.retrain import defaults_verdict  # noqa: E402
 from hpo.storage import default_storage_url, load_existing_study  # noqa: E402
 
@@ -74,7 +74,8 @@ def build_report(study: optuna.Study, out_dir: Path) -> list[Block]:
         ("h2", "Retrain on train + validation, scored on the test set"),
         *retrain_blocks(study.user_attrs.get(RETRAIN_ATTR)),
     ]
-    blocks += [("h2", "Compute accounting"), ("table", accounting_table(trials, finished, settings))]
+    run = study.user_attrs.get(RUN_ATTR, {})
+    blocks += [("h2", "Compute accounting"), ("table", accounting_table(trials, finished, settings, run))]
     blocks += [("h2", "Plots"), *plot_blocks(study, trials, out_dir)]
     return blocks
 
@@ -164,7 +165,7 @@ def tta_name(config: dict) -> str:
     return TTA_NAMES[config.get("tta_level", 0)]
 
 
-def accounting_table(trials, finished, settings: dict) -> pd.DataFrame:
+def accounting_table(trials, finished, settings: dict, run: dict | None = None) -> pd.DataFrame:
     max_epochs = settings.get("epochs") or max((t.user_attrs.get("epochs_run", 0) for t in finished), default=0)
     epochs_run = sum(t.user_attrs.get("epochs_run", 0) for t in trials)
     epochs_finished = sum(t.user_attrs.get("epochs_run", 0) for t in finished)
@@ -189,7 +190,34 @@ def accounting_table(trials, finished, settings: dict) -> pd.DataFrame:
         best = max(complete, key=lambda t: t.value)
         rows["time to reach the best value (s)"] = round((best.datetime_complete - min(starts)).total_seconds(), 1)
         rows["trials run before the best"] = sum(1 for t in trials if t.number < best.number)
+    rows.update(device_rows(trials, run or {}))
     return pd.Series(rows, name="value").rename_axis("measure").astype(str).to_frame()
+
+
+def device_rows(trials, run: dict) -> dict[str, Any]:
+    """Device time per trial (each trial's own, overlapping when trials share a device), and the last run's: its
+    devices x search seconds per finished trial, start-up time, concurrency and mean GPU utilisation."""
+    own = [t.user_attrs["device_seconds"] for t in trials if "device_seconds" in t.user_attrs]
+    rows: dict[str, Any] = {}
+    if own:
+        rows["device-seconds per trial, mean (its own train call)"] = round(sum(own) / len(own), 2)
+        rows["device-seconds, total (all trials)"] = round(sum(own), 1)
+    if not run:
+        return rows
+    if run.get("finished"):
+        per_trial = run["search_seconds"] * run["devices"] / run["finished"]
+        rows["device-seconds per finished trial, last run (search seconds x devices / trials)"] = round(per_trial, 2)
+    rows["concurrent trials, last run (worker processes)"] = run.get("workers", 1)
+    if run.get("startup_seconds") is not None:
+        rows["start-up, last run: command to the first trial's first step (s)"] = run["startup_seconds"]
+    on_cpu = all(str(t.user_attrs.get("device", "cpu")).startswith("cpu") for t in trials)
+    utilisation = run.get("gpu_utilisation")
+    rows["mean GPU utilisation, last run"] = (
+        f"{utilisation:.0f} %"
+        if utilisation is not None
+        else ("not measured: CPU run" if on_cpu else "not measured (no nvidia-smi)")
+    )
+    return rows
 
 
 def plot_blocks(study: optuna.Study, trials, out_dir: Path) -> list[Block]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import datetime
 import math
 import os
 import subprocess
@@ -23,12 +24,14 @@ import optuna
 import torch
 from tqdm import tqdm
 
+from hpo.accounting import GpuUtilisation, process_start_time
 from hpo.config import ConfigError, TrainConfig, load_config
 from hpo.data import load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import dump, export_document, ranked_trials
 from hpo.notes import artifact_store_for, write_study_note
-from hpo.objective import OBJECTIVE_NAME, SETTINGS_ATTR, Objective
+from hpo.objective import CHECKPOINT_EVERY_S, OBJECTIVE_NAME, RUN_ATTR, SETTINGS_ATTR, Objective
+from hpo.packing import choose_trials_per_gpu, data_bytes, measure_trial_peak
 from hpo.report import write_report
 from hpo.retrain import RECIPE_LABEL, default_seeds, retrain_study
 from hpo.space import SearchSpace, SpaceError
@@ -48,6 +51,9 @@ MACHINE_KEYS = ("epochs", "widths", "train_subset", "batch_size")
 # The storage URL reaches --workers processes through the environment (readable by the same user only), not
 # their command line (readable by everyone on the machine through ps), since it may carry a password.
 STORAGE_ENV = "HPO_WORKER_STORAGE"
+# What the parent tells the processes it starts: when the command started (for start-up timing), the search's
+# deadline (--timeout counts for the whole search, not per worker) and how many workers share the machine.
+START_ENV, DEADLINE_ENV, COUNT_ENV = "HPO_COMMAND_START", "HPO_DEADLINE", "HPO_WORKER_COUNT"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +86,9 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--study-name", default="cifar10")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study-name>.db)")
     p.add_argument("--n-trials", type=int, help="finished trials the study should have in total")
-    p.add_argument("--timeout", type=float, help="stop starting new trials after this many seconds")
+    p.add_argument(
+        "--timeout", type=float, help="wall-clock budget of the search in seconds: running trials stop at an epoch end"
+    )
     p.add_argument("--epochs", type=int, help="max epochs per trial (the pruning resource)")
     p.add_argument("--widths", type=int, nargs=3, metavar="W", help="model widths of the three conv groups")
     p.add_argument("--train-subset", type=int, help="train on only this many images (0 = all)")
@@ -103,7 +111,20 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--seed", type=int, help="study seed (default 0)")
     p.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default data/)")
     p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
-    p.add_argument("--workers", type=int, default=1, help="worker processes on this machine (default 1)")
+    p.add_argument("--workers", type=int, help="worker processes on this machine (default 1; see --trials-per-gpu)")
+    p.add_argument(
+        "--trials-per-gpu",
+        type=int,
+        metavar="K",
+        help="concurrent trials per device (default: from free memory on a GPU, at most 4; 1 on a CPU)",
+    )
+    p.add_argument(
+        "--checkpoint-every",
+        type=float,
+        default=CHECKPOINT_EVERY_S,
+        metavar="S",
+        help=f"write a trial's checkpoint at most every S seconds (default {CHECKPOINT_EVERY_S:g}; 0 = every epoch)",
+    )
     p.add_argument("--heartbeat", type=int, default=30, help="heartbeat seconds; a dead worker's trial is retried")
     p.add_argument("--no-retrain", action="store_true", help="skip retraining the best config and the report")
     p.add_argument("--retrain-seeds", type=int, help="seeds per retrained config (default 4 on CPU, 5 on GPU)")
@@ -121,9 +142,10 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     space = SearchSpace.load(args.space) if args.space else None
     is_worker = args.worker_id is not None
+    command_start = float(os.environ[START_ENV]) if is_worker else process_start_time()
     if is_worker and device.type == "cpu":
         # K workers on a CPU share its cores: K processes of (cores / K) threads, not K x cores threads fighting.
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // args.workers))
+        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get(COUNT_ENV, 1))))
     inherited = os.environ.get(STORAGE_ENV) if is_worker else None
     storage_url = args.storage or inherited or default_storage_url(args.study_name)
     storage = open_storage(storage_url, heartbeat_interval=args.heartbeat or None)
@@ -158,29 +180,46 @@ def main(argv: list[str] | None = None) -> int:
             f"{settings.val_fraction:.0%} of them for validation) and {len(data.test)} test images (retrain only)"
         )
         write_study_note(study, settings.to_json(), data_text, n_trials)
-    started = time.perf_counter()
-
-    if args.workers > 1 and not is_worker:
-        code = _run_workers(argv, storage_url, args.workers, device, study, n_trials)
+    train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
+    train_split = train_split.first(settings.train_subset)
+    workers = 1 if is_worker else _worker_count(args, device, settings, data_bytes(train_split, val_split))
+    started, started_at = time.perf_counter(), datetime.datetime.now()  # Optuna's trial times are naive local
+    if is_worker:
+        deadline = float(os.environ[DEADLINE_ENV]) if DEADLINE_ENV in os.environ else None
     else:
-        train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
+        deadline = time.time() + args.timeout if args.timeout else None
+    utilisation = GpuUtilisation() if device.type == "cuda" and not is_worker else None
+    sampling = utilisation is not None and utilisation.start()
+
+    if workers > 1:
+        env = {STORAGE_ENV: storage_url, START_ENV: repr(command_start), COUNT_ENV: str(workers)}
+        if deadline is not None:
+            env[DEADLINE_ENV] = repr(deadline)
+        code = _run_workers(argv, env, workers, device, study, n_trials)
+    else:
         objective = Objective(
             space=SearchSpace.from_dict(settings.space, source="stored search space"),
             base=settings.base_config(),
-            train_data=train_split.first(settings.train_subset).to(device),
+            train_data=train_split.to(device),
             val_data=val_split.to(device),
             device=device,
             study_seed=settings.seed,
             checkpoint_dir=files_dir(storage_url) / f"{args.study_name}-checkpoints",
             artifact_store=artifact_store_for(args.study_name, files_dir(storage_url)),
+            checkpoint_every=args.checkpoint_every,
+            deadline=deadline,
+            command_start=command_start,
         )
         worker = args.worker_id or 0
         study.sampler = _make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))
         code = run_worker(
-            study, objective, n_trials, args.timeout, tag=f"w{worker}" if is_worker else "", bar=not is_worker
+            study, objective, n_trials, deadline, tag=f"w{worker}" if is_worker else "", bar=not is_worker
         )
     if not is_worker:
-        print_summary(study, settings, time.perf_counter() - started)
+        gpu_utilisation = utilisation.stop() if sampling else None
+        seconds = time.perf_counter() - started
+        record_run(study, started_at, seconds, _device_count(device), workers, gpu_utilisation, args.timeout)
+        print_summary(study, settings, seconds)
         if not args.no_retrain:
             finish_pipeline(study, storage_url, data, device, args.retrain_seeds)
     return code
@@ -214,6 +253,7 @@ def check_args(args: argparse.Namespace) -> None:
         ("n_trials", 1),
         ("epochs", 1),
         ("workers", 1),
+        ("trials_per_gpu", 1),
         ("batch_size", 1),
         ("heartbeat", 0),
         ("train_subset", 0),
@@ -225,6 +265,10 @@ def check_args(args: argparse.Namespace) -> None:
             raise HpoError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise HpoError(f"--timeout must be a positive number of seconds, got {args.timeout}")
+    if not (math.isfinite(args.checkpoint_every) and args.checkpoint_every >= 0):
+        raise HpoError(f"--checkpoint-every must be a number of seconds >= 0, got {args.checkpoint_every}")
+    if args.workers is not None and args.trials_per_gpu is not None:
+        raise HpoError("--workers and --trials-per-gpu both set the worker processes: give one of them")
     if args.val_fraction is not None and not 0 < args.val_fraction < 1:
         raise HpoError(f"--val-fraction must be in (0, 1), got {args.val_fraction}")
     for name in ("epochs", "widths", "batch_size", "train_subset"):
@@ -364,18 +408,49 @@ def _without_storage(argv: list[str]) -> list[str]:
     return out
 
 
+def _device_count(device: torch.device) -> int:
+    return torch.cuda.device_count() if device.type == "cuda" else 1
+
+
+def _worker_count(args: argparse.Namespace, device: torch.device, settings: Settings, data_size: int) -> int:
+    """Worker processes for this run: --workers as given, else --trials-per-gpu (or, on a GPU, the K that fits)
+    times the devices. Prints the choice when it packs."""
+    if args.workers is not None:
+        return args.workers
+    devices = _device_count(device)
+    if args.trials_per_gpu is not None:
+        k, why = args.trials_per_gpu, "--trials-per-gpu"
+    elif device.type == "cuda":
+        config = settings.base_config().replace(batch_size=_largest_batch(settings))
+        free = min(torch.cuda.mem_get_info(i)[0] for i in range(devices))
+        k, why = choose_trials_per_gpu(free, measure_trial_peak(config, device), data_size)
+        why = f"auto: {why}"
+    else:
+        return 1  # each trial already uses every core
+    where = f"per GPU x {devices} GPU(s)" if device.type == "cuda" else "on the CPU, cores split between them"
+    print(f"packing: {k} concurrent trials {where} = {k * devices} worker processes ({why})", flush=True)
+    return k * devices
+
+
+def _largest_batch(settings: Settings) -> int:
+    """The largest batch size a trial of this search may use (the space may sample it)."""
+    spec = settings.space.get("batch_size")
+    return max(spec["choices"]) if isinstance(spec, dict) and "choices" in spec else settings.batch_size
+
+
 def _run_workers(
-    argv: list[str], storage_url: str, workers: int, device: torch.device, study: optuna.Study, n_trials: int
+    argv: list[str], env: dict[str, str], workers: int, device: torch.device, study: optuna.Study, n_trials: int
 ) -> int:
-    """Start ``workers`` copies of this command as worker processes; show one progress bar over the study."""
-    gpus = torch.cuda.device_count() if device.type == "cuda" else 0
+    """Start ``workers`` copies of this command as worker processes, with ``env`` added to their environment and
+    the visible GPUs dealt out round-robin; show one progress bar over the study."""
+    gpus = _visible_gpus() if device.type == "cuda" else []
     procs = []
     worker_argv = [sys.executable, "-m", "hpo.search", *_without_storage(argv)]
     for i in range(workers):
-        env = {**os.environ, STORAGE_ENV: storage_url}
-        if gpus > 1:
-            env["CUDA_VISIBLE_DEVICES"] = str(i % gpus)
-        procs.append(subprocess.Popen([*worker_argv, "--worker-id", str(i)], env=env))
+        worker_env = {**os.environ, **env}
+        if len(gpus) > 1:
+            worker_env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
+        procs.append(subprocess.Popen([*worker_argv, "--worker-id", str(i)], env=worker_env))
     finished = lambda: len(study.get_trials(deepcopy=False, states=FINISHED))  # noqa: E731
     with tqdm(total=n_trials, initial=min(n_trials, finished()), unit="trial", dynamic_ncols=True) as progress:
         try:
@@ -395,6 +470,41 @@ def _run_workers(
     return 0
 
 
+def _visible_gpus() -> list[str]:
+    """The GPU ids this process may use (CUDA_VISIBLE_DEVICES when set, else all), as strings."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    ids = [v.strip() for v in visible.split(",") if v.strip()] if visible else []
+    return ids[: torch.cuda.device_count()] or [str(i) for i in range(torch.cuda.device_count())]
+
+
+def record_run(
+    study: optuna.Study,
+    started_at: datetime.datetime,
+    seconds: float,
+    devices: int,
+    workers: int,
+    gpu_utilisation: float | None,
+    timeout: float | None,
+) -> dict[str, Any]:
+    """Store this run's accounting (over the trials that started since ``started_at``) as the study's ``last_run``
+    attribute, which the report shows, and return it."""
+    trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_start >= started_at]
+    startups = [t.user_attrs["startup_seconds"] for t in trials if "startup_seconds" in t.user_attrs]
+    run = {
+        "search_seconds": round(seconds, 3),
+        "devices": devices,
+        "workers": workers,
+        "trials": len(trials),
+        "finished": sum(t.state in FINISHED for t in trials),
+        "device_seconds": round(sum(t.user_attrs.get("device_seconds", 0.0) for t in trials), 3),
+        "startup_seconds": min(startups) if startups else None,
+        "gpu_utilisation": None if gpu_utilisation is None else round(gpu_utilisation, 1),
+        "timeout": timeout,
+    }
+    study.set_user_attr(RUN_ATTR, run)
+    return run
+
+
 def print_summary(study: optuna.Study, settings: Settings, seconds: float) -> None:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
@@ -411,6 +521,11 @@ def print_summary(study: optuna.Study, settings: Settings, seconds: float) -> No
             f"epochs run {epochs_run} of {full} without pruning: "
             f"pruning saved {full - epochs_run} ({1 - epochs_run / full:.0%})"
         )
+    run = study.user_attrs.get(RUN_ATTR, {})
+    if run.get("startup_seconds") is not None:
+        print(f"start-up: {run['startup_seconds']:.1f}s from the command to the first trial's first step")
+    if run.get("gpu_utilisation") is not None:
+        print(f"mean GPU utilisation during the search: {run['gpu_utilisation']:.0f}%")
     try:
         best = study.best_trial
     except ValueError:

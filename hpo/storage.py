@@ -13,6 +13,7 @@ is stale and re-queued with the same parameters by ``RetryHeartbeatStaleTrialCal
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import re
 import sqlite3
 import threading
@@ -155,6 +156,26 @@ def heartbeat_interval(storage: BaseStorage) -> int | None:
     """The storage's heartbeat interval, or None. Duck-typed: Optuna wraps RDB storages in a caching layer."""
     getter = getattr(storage, "get_heartbeat_interval", None)
     return getter() if getter else None
+
+
+@contextmanager
+def ask_lock(storage: BaseStorage) -> Iterator[None]:
+    """Hold an exclusive lock on a SQLite study's ``.ask-lock`` file beside it (else nothing) while the body runs.
+
+    Optuna takes a queued (WAITING) trial by reading its state and then setting it to RUNNING; on SQLite nothing
+    locks the row in between, so two workers asking at once can both take the same queued trial (seen with 2
+    workers on one core: both ran the recipe and the second's ``tell`` crashed). PostgreSQL locks the row, and
+    the journal storage has its own lock."""
+    url = getattr(getattr(storage, "_backend", storage), "url", "")
+    if not url.startswith("sqlite:///"):
+        yield
+        return
+    with open(Path(make_url(url).database + ".ask-lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 @contextmanager

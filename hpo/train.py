@@ -22,7 +22,7 @@ import yaml
 from torch import nn
 
 from hpo.augment import alternating_flips, get_policy, normalize
-from hpo.checkpoint import history_to_dicts, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from hpo.checkpoint import Checkpointer, history_to_dicts, load_checkpoint, restore_rng, rng_state
 from hpo.config import TrainConfig, load_config
 from hpo.data import Split, load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
@@ -188,12 +188,16 @@ def train(
     on_epoch: EpochCallback | None = None,
     batches: BatchSource | None = None,
     checkpoint: Path | None = None,
+    checkpoint_every: float = 0.0,
+    on_first_step: Callable[[], None] | None = None,
 ) -> TrainResult:
     """Train ``config`` on ``train_data``, evaluating on ``eval_data`` after every epoch.
 
     ``batches`` replaces the on-device input pipeline (the benchmark passes a DataLoader through it).
-    With ``checkpoint``, state is saved there after every epoch, and a checkpoint already there for the same
-    config is resumed from: its epochs are replayed to ``on_epoch`` and training continues after them.
+    With ``checkpoint``, state is saved there after an epoch (after every one, or with ``checkpoint_every`` at most
+    every that many seconds, at the last epoch, and when an exception or interrupt ends training), and a checkpoint
+    already there for the same config is resumed from: its epochs are replayed to ``on_epoch`` and training
+    continues after them. ``on_first_step`` is called once, when the first optimizer step has run.
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -236,46 +240,62 @@ def train(
         lookahead.load_state_dict(restored["lookahead"])
     replay = [EpochStats(**h) for h in restored["history"]] if restored else []
     start = time.perf_counter() - (replay[-1].elapsed if replay else 0.0)
+    saver = Checkpointer(checkpoint, checkpoint_every) if checkpoint is not None else None
+
+    def state(stats: EpochStats) -> dict:
+        return {
+            "config": config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "lookahead": lookahead.state_dict() if lookahead is not None else None,
+            "rng": rng_state(gen, device),
+            "history": history_to_dicts([*history, stats]),
+            "train_seconds": train_seconds,
+            "images_seen": images_seen,
+        }
+
     stopped_early = diverged = False
-    for epoch in range(1, config.epochs + 1):
-        if epoch <= len(replay):
-            stats = replay[epoch - 1]  # trained before a crash: replayed so the caller sees every epoch once
-        else:
-            # The whitening stem's bias trains only for the first epochs; then the stem is fixed.
-            model.stem.bias.requires_grad_(not config.whiten or epoch <= config.whiten_bias_epochs)
-            epoch_start = time.perf_counter()
-            train_loss, n_seen = _train_epoch(
-                model, batches(epoch), steps_per_epoch, optimizer, scheduler, loss_fn, device, lookahead
-            )
-            train_seconds += time.perf_counter() - epoch_start
-            images_seen += n_seen
-            # Test-time augmentation scores the final model only; the epochs before feed the pruner, which
-            # compares trials at the same epoch, so plain accuracy is enough there and 6x cheaper.
-            tta_level = config.tta_level if epoch == config.epochs else 0
-            val_acc, val_loss = evaluate(model, eval_data, device, tta_level, channels_last)
-            lr = scheduler.get_last_lr()[-1]
-            stats = EpochStats(epoch, val_acc, val_loss, train_loss, time.perf_counter() - start, lr, tta_level)
-            if checkpoint is not None:
-                save_checkpoint(
-                    checkpoint,
-                    {
-                        "config": config.to_dict(),
-                        "model": model.state_dict(),
-                        "optimizer": optimizer.state_dict(),
-                        "scheduler": scheduler.state_dict(),
-                        "lookahead": lookahead.state_dict() if lookahead is not None else None,
-                        "rng": rng_state(gen, device),
-                        "history": history_to_dicts([*history, stats]),
-                        "train_seconds": train_seconds,
-                        "images_seen": images_seen,
-                    },
+    try:
+        for epoch in range(1, config.epochs + 1):
+            if epoch <= len(replay):
+                stats = replay[epoch - 1]  # trained before a crash: replayed so the caller sees every epoch once
+            else:
+                # The whitening stem's bias trains only for the first epochs; then the stem is fixed.
+                model.stem.bias.requires_grad_(not config.whiten or epoch <= config.whiten_bias_epochs)
+                epoch_start = time.perf_counter()
+                train_loss, n_seen = _train_epoch(
+                    model,
+                    batches(epoch),
+                    steps_per_epoch,
+                    optimizer,
+                    scheduler,
+                    loss_fn,
+                    device,
+                    lookahead,
+                    on_first_step,
                 )
-        history.append(stats)
-        diverged = not math.isfinite(stats.train_loss)
-        stop = on_epoch(stats) if on_epoch is not None else False
-        if diverged or (stop and epoch < config.epochs):
-            stopped_early = True
-            break
+                on_first_step = None
+                train_seconds += time.perf_counter() - epoch_start
+                images_seen += n_seen
+                # Test-time augmentation scores the final model only; the epochs before feed the pruner, which
+                # compares trials at the same epoch, so plain accuracy is enough there and 6x cheaper.
+                tta_level = config.tta_level if epoch == config.epochs else 0
+                val_acc, val_loss = evaluate(model, eval_data, device, tta_level, channels_last)
+                lr = scheduler.get_last_lr()[-1]
+                stats = EpochStats(epoch, val_acc, val_loss, train_loss, time.perf_counter() - start, lr, tta_level)
+                if saver is not None:
+                    saver.epoch_end(state(stats), final=epoch == config.epochs)
+            history.append(stats)
+            diverged = not math.isfinite(stats.train_loss)
+            stop = on_epoch(stats) if on_epoch is not None else False
+            if diverged or (stop and epoch < config.epochs):
+                stopped_early = True
+                break
+    except BaseException:
+        if saver is not None:
+            saver.flush()  # the last finished epoch, so a retry resumes there
+        raise
 
     last = history[-1]
     return TrainResult(
@@ -296,8 +316,11 @@ def train(
     )
 
 
-def _train_epoch(model, batches, steps, optimizer, scheduler, loss_fn, device, lookahead) -> tuple[float, int]:
-    """One pass over the batches; returns (mean training loss, images seen) with a single host sync."""
+def _train_epoch(
+    model, batches, steps, optimizer, scheduler, loss_fn, device, lookahead, on_first_step=None
+) -> tuple[float, int]:
+    """One pass over the batches; returns (mean training loss, images seen) with a single host sync
+    (two when ``on_first_step`` is given: it is called once the first step has run on the device)."""
     model.train()
     loss_sum = torch.zeros((), device=device)
     n_seen = 0
@@ -314,6 +337,11 @@ def _train_epoch(model, batches, steps, optimizer, scheduler, loss_fn, device, l
             lookahead.after_step(scheduler.last_epoch)  # the scheduler counts the steps taken so far
         loss_sum += loss.detach() * y.shape[0]  # stays on the device: no per-batch host sync
         n_seen += y.shape[0]
+        if on_first_step is not None:
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            on_first_step()
+            on_first_step = None
     return loss_sum.item() / max(1, n_seen), n_seen
 
 

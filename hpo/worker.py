@@ -21,14 +21,15 @@ from optuna.trial import TrialState
 from tqdm import tqdm
 
 from hpo.errors import HpoError
-from hpo.objective import Objective
-from hpo.storage import RETRY_STALE, heartbeat, heartbeat_interval
+from hpo.objective import Objective, SearchTimeout
+from hpo.storage import RETRY_STALE, ask_lock, heartbeat, heartbeat_interval
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # Trials that count towards --n-trials or are being run for it. (A WAITING trial is a queued retry: the next
 # ask() runs it, so it does not hold a slot.)
 TAKEN = (*FINISHED, TrialState.RUNNING)
 SAME_FAILURE_LIMIT = 3
+TIMED_OUT = "timeout"  # _run_trial's error for a trial the search's deadline stopped
 WAIT_POLL_S = 2.0
 
 
@@ -40,17 +41,17 @@ def quiet_optuna() -> None:
 
 
 def run_worker(
-    study: optuna.Study, objective: Objective, n_trials: int, timeout: float | None, tag: str = "", bar: bool = True
+    study: optuna.Study, objective: Objective, n_trials: int, deadline: float | None, tag: str = "", bar: bool = True
 ) -> int:
-    """Run trials until the study has ``n_trials`` finished (complete or pruned) trials, or ``timeout`` passes."""
-    start = time.perf_counter()
+    """Run trials until the study has ``n_trials`` finished (complete or pruned) trials, or the ``deadline``
+    (``time.time()``) passes: then no trial starts, and the objective stops a running one at its next epoch."""
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
     progress = tqdm(total=n_trials, initial=min(finished, n_trials), unit="trial", disable=not bar, dynamic_ncols=True)
     failures: list[str] = []
     has_heartbeat = bool(heartbeat_interval(study._storage))
-    with progress, _sigterm_as_interrupt(), warnings.catch_warnings():
+    with progress, _sigterm_as_interrupt(), warnings.catch_warnings(), contextlib.closing(objective):
         quiet_optuna()
-        while timeout is None or time.perf_counter() - start < timeout:
+        while deadline is None or time.time() < deadline:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and re-queued for retry
             if len(study.get_trials(deepcopy=False, states=FINISHED)) >= n_trials:
                 break
@@ -66,12 +67,13 @@ def run_worker(
             origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(study._storage.get_trial(trial._trial_id))
             origin = trial.number if origin is None else origin
             state, error = _run_trial(study, trial, objective, origin)
-            _tidy_checkpoint(study, objective, trial.number, origin, state)
+            if error != TIMED_OUT:  # a timed-out trial's checkpoint stays for its retry
+                _tidy_checkpoint(study, objective, trial.number, origin, state)
             frozen = study._storage.get_trial(trial._trial_id)
             progress.write(_trial_line(frozen, tag))
             progress.n = min(n_trials, len(study.get_trials(deepcopy=False, states=FINISHED)))
             progress.refresh()
-            failures = failures + [error] if state == TrialState.FAIL else []
+            failures = failures + [error] if state == TrialState.FAIL and error != TIMED_OUT else []
             if len(failures) >= SAME_FAILURE_LIMIT and len(set(failures[-SAME_FAILURE_LIMIT:])) == 1:
                 raise HpoError(
                     f"{SAME_FAILURE_LIMIT} trials in a row failed with the same error ({failures[-1]}); "
@@ -83,7 +85,8 @@ def run_worker(
 def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
     """``study.ask()``, unless the asked trial lost the race for the last slot: then it goes back to the queue
     (WAITING, untouched) for a later run, and the answer is None."""
-    trial = study.ask()
+    with ask_lock(study._storage):
+        trial = study.ask()
     earlier = [t for t in study.get_trials(deepcopy=False, states=TAKEN) if t.number < trial.number]
     if len(earlier) < n_trials:
         return trial
@@ -93,13 +96,20 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
 
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, origin: int) -> tuple[TrialState, str]:
     """Run one trial to a told state. Ctrl-C marks it FAIL (interrupted), queues a retry that resumes from its
-    checkpoint, and propagates."""
+    checkpoint, and propagates; the search's deadline does the same without propagating."""
     with heartbeat(study._storage, trial._trial_id):
         try:
             value = objective(trial, origin)
         except optuna.TrialPruned:
             study.tell(trial, state=TrialState.PRUNED)
             return TrialState.PRUNED, ""
+        except SearchTimeout as err:
+            # Failed, not pruned: the pruner and sampler must not take a cut-short trial for a bad one, and it
+            # does not count towards --n-trials, so the next run resumes it from its checkpoint.
+            RETRY_STALE(study, study._storage.get_trial(trial._trial_id))
+            trial.set_user_attr("fail_reason", f"timeout: {err}; the next run resumes it")
+            study.tell(trial, state=TrialState.FAIL)
+            return TrialState.FAIL, TIMED_OUT
         except KeyboardInterrupt:
             RETRY_STALE(study, study._storage.get_trial(trial._trial_id))  # same as a dead worker's trial
             trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); the next run retries it")

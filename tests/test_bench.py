@@ -134,3 +134,33 @@ def test_the_shipped_space_probes_are_valid_variants():
     base = TrainConfig.recipe(**{k: CPU_DEFAULTS[k] for k in ("epochs", "widths", "train_subset", "batch_size")})
     configs = {label: SearchSpace.to_config(values, base) for label, values in probes.items()}
     assert configs["recipe"].matches(base) and len({c.to_json() for c in configs.values()}) == len(configs)
+
+
+def test_packing_benchmark_runs_the_search_with_each_k(tiny_data_dir, capsys):
+    # One K end to end (several worker processes are the search tests' job), on tiled data.
+    args = ["--packing", "--k", "1", "--n-trials", "2", "--epochs", "1", "--data-dir", str(tiny_data_dir)]
+    assert main([*args, "--tile-to", "150", *TINY_FLAGS]) == 0
+    out = capsys.readouterr().out
+    assert "packing on cpu: K = 1 worker processes on the CPU, cores split between them" in out
+    assert "--sampler random --pruner none --seed 0 --no-warm-start" in out
+    (row,) = [r for r in (line.split("|") for line in out.splitlines() if line.startswith("|")) if r[1].strip() == "1"]
+    assert row[2].strip() == "2" and row[5].strip() == "1.00x"
+
+
+def test_packing_table_compares_trials_per_hour_with_the_first_k(capsys):
+    from hpo.bench_packing import print_packing
+
+    one, two = {"search_s": 80.0, "command_s": 100.0}, {"search_s": 50.0, "command_s": 60.0}
+    print_packing([{"k": 1, "trials": 8, **one}, {"k": 2, "trials": 8, **two}])
+    row = capsys.readouterr().out.splitlines()[-1].split("|")
+    assert [c.strip() for c in row[1:-1]] == ["2", "8", "50.0", "576", "1.60x", "60.0", "480", "1.67x"]
+
+
+def test_tiled_data_is_a_cifar_folder_of_the_repeated_training_set(tiny_data_dir, tmp_path):
+    from hpo.bench_packing import tiled_data_dir
+
+    data = load_cifar10(tiny_data_dir, download=False)
+    tiled = load_cifar10(tiled_data_dir(str(tiny_data_dir), 250, tmp_path), download=False)
+    assert len(tiled.train) == 250 and torch.equal(tiled.train.images[100:200], data.train.images)
+    assert torch.equal(tiled.train.labels[200:], data.train.labels[:50])
+    assert torch.equal(tiled.test.images, data.test.images)

@@ -90,3 +90,30 @@ def test_a_failed_trial_keeps_its_epochs_and_time(objective, monkeypatch):
     assert attrs["epochs_run"] == 2 and len(attrs["val_acc_curve"]) == len(attrs["val_loss_curve"]) == 2
     assert attrs["val_acc_curve"] == pytest.approx([trial.intermediate_values[e] for e in (1, 2)], abs=1e-6)
     assert attrs["wall_seconds"] > 0 and attrs["seed"] == trial_seed(7, 0) and "config" in attrs
+
+
+def test_learning_curves_are_drawn_off_the_training_thread(objective, tmp_path, monkeypatch):
+    import threading
+
+    import hpo.notes
+    from hpo.notes import artifact_store_for
+    from hpo.worker import run_worker
+
+    real_plot, drawn_in = hpo.notes.plot_learning_curve, []
+
+    def plot(*args, **kwargs):
+        drawn_in.append(threading.current_thread().name)
+        return real_plot(*args, **kwargs)
+
+    monkeypatch.setattr(hpo.notes, "plot_learning_curve", plot)
+    objective.artifact_store = artifact_store_for("s", tmp_path)
+    study = optuna.create_study(direction="maximize", pruner=optuna.pruners.NopPruner())
+    run_worker(study, objective, n_trials=2, deadline=None, bar=False)  # waits for the drawings when it ends
+    assert len(drawn_in) == 2 and all(name.startswith("hpo-draw") for name in drawn_in)
+    for trial in study.trials:
+        (curve,) = [
+            a
+            for a in optuna.artifacts.get_all_artifact_meta(trial, storage=study._storage)
+            if a.filename.endswith(".png")
+        ]
+        assert (tmp_path / "s-artifacts" / curve.artifact_id).read_bytes().startswith(b"\x89PNG")

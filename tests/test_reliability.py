@@ -62,7 +62,7 @@ def test_cuda_oom_fails_one_trial_and_the_study_goes_on(objective, monkeypatch):
 
     monkeypatch.setattr(hpo.objective, "train", oom_once)
     study = optuna.create_study(direction="maximize")
-    run_worker(study, objective, n_trials=2, timeout=None, bar=False)
+    run_worker(study, objective, n_trials=2, deadline=None, bar=False)
     trials = study.trials
     assert trials[0].state.name == "FAIL" and trials[0].user_attrs["stop_reason"] == "CUDA out of memory"
     assert "OutOfMemoryError" in trials[0].user_attrs["fail_reason"]
@@ -78,7 +78,7 @@ def test_any_exception_is_recorded_with_traceback_and_repeats_stop_the_study(obj
     monkeypatch.setattr(hpo.objective, "train", broken)
     study = optuna.create_study(direction="maximize")
     with pytest.raises(HpoError, match="3 trials in a row failed with the same error .*shapes do not match"):
-        run_worker(study, objective, n_trials=10, timeout=None, bar=False)
+        run_worker(study, objective, n_trials=10, deadline=None, bar=False)
     assert [t.state.name for t in study.trials] == ["FAIL"] * 3  # stopped instead of burning 10 trials
     assert "Traceback" in study.trials[0].user_attrs["fail_reason"]
 
@@ -94,7 +94,7 @@ def test_divergence_stops_the_trial_early_with_a_reason(tiny_data_dir):
     )
     objective = Objective(space, base, train_split, val_split, torch.device("cpu"))
     study = optuna.create_study(direction="maximize")
-    run_worker(study, objective, n_trials=1, timeout=None, bar=False)
+    run_worker(study, objective, n_trials=1, deadline=None, bar=False)
     trial = study.trials[0]
     assert trial.state.name == "PRUNED" and trial.user_attrs["stop_reason"].startswith("diverged")
     assert trial.user_attrs["epochs_run"] < 6

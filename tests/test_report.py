@@ -447,3 +447,23 @@ def test_parallel_retrain_gives_the_runs_of_a_one_thread_serial_retrain(tmp_path
     assert parallel["winner"] == serial["winner"]
     saved = {k: torch.load(tmp_path / k / "model.pt", weights_only=True) for k in ("serial", "parallel")}
     assert all(torch.equal(saved["serial"][name], w) for name, w in saved["parallel"].items())
+
+
+def test_accounting_shows_device_seconds_start_up_and_gpu_utilisation():
+    from hpo.report import accounting_table
+
+    def trials(device: str) -> list:
+        attrs = [{"device_seconds": s, "device": device, "epochs_run": 2} for s in (2.0, 4.0)]
+        return [create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs=a) for a in attrs]
+
+    run = {"search_seconds": 10.0, "devices": 1, "workers": 2, "finished": 2, "startup_seconds": 3.2}
+    cpu = accounting_table(trials("cpu"), trials("cpu"), {"epochs": 2}, {**run, "gpu_utilisation": None})["value"]
+    assert cpu["device-seconds per trial, mean (its own train call)"] == "3.0"
+    assert cpu["device-seconds, total (all trials)"] == "6.0"
+    assert cpu["device-seconds per finished trial, last run (search seconds x devices / trials)"] == "5.0"
+    assert cpu["concurrent trials, last run (worker processes)"] == "2"
+    assert cpu["start-up, last run: command to the first trial's first step (s)"] == "3.2"
+    assert cpu["mean GPU utilisation, last run"] == "not measured: CPU run"
+    gpu = accounting_table(trials("cuda"), trials("cuda"), {}, {**run, "devices": 2, "gpu_utilisation": 87.4})["value"]
+    assert gpu["device-seconds per finished trial, last run (search seconds x devices / trials)"] == "10.0"
+    assert gpu["mean GPU utilisation, last run"] == "87 %"

@@ -108,17 +108,50 @@ def test_ctrl_c_records_the_trial_and_the_next_run_continues(tiny_data_dir, tmp_
     assert left == ["best-trial.pt"]  # finished trials' checkpoints cleaned up, the best one kept
 
 
-def test_parallel_workers_complete_exactly_n_trials_without_lock_errors(tiny_data_dir, tmp_path):
+def test_timeout_stops_the_running_trial_at_an_epoch_end_and_the_next_run_resumes_it(tiny_data_dir, tmp_path):
     url = sqlite_url(tmp_path / "s.db")
-    proc = run_search(
-        "--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "2", "--workers", "3", "--n-trials", "9", *TINY
-    )
+    args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "200", "--pruner", "none", *TINY]
+    proc = run_search(*args, "--n-trials", "3", "--timeout", "2")
+    assert proc.returncode == 0, proc.stderr
+    study = optuna.load_study(study_name="cifar10", storage=url)
+    (failed,) = [t for t in study.trials if t.state.name == "FAIL"]
+    assert failed.user_attrs["fail_reason"].startswith("timeout: the --timeout budget ran out after epoch")
+    epochs = failed.user_attrs["epochs_run"]
+    assert 1 <= epochs < 200 and states(url) == {"FAIL": 1, "WAITING": 1}  # no new trial; its retry is queued
+    run = study.user_attrs["last_run"]
+    assert (run["timeout"], run["finished"], run["workers"], run["gpu_utilisation"]) == (2, 0, 1, None)
+    assert failed.user_attrs["startup_seconds"] == run["startup_seconds"] > 0 and failed.user_attrs["device_seconds"]
+    assert f"start-up: {run['startup_seconds']:.1f}s from the command to the first trial's first step" in proc.stdout
+    # Its checkpoint was written when it stopped (not every epoch: the default writes at most every 30 s).
+    checkpoint = tmp_path / "cifar10-checkpoints" / f"trial-{failed.number}.pt"
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    assert len(state["history"]) == epochs
+    state["history"][0]["val_acc"] = MARK
+    torch.save(state, checkpoint)
+    again = run_search(*args, "--n-trials", "3", "--timeout", "6")  # time to replay its epochs and train on
+    assert again.returncode == 0, again.stderr
+    retry = optuna.load_study(study_name="cifar10", storage=url).trials[failed.number + 1]
+    assert retry.system_attrs["failed_trial"] == failed.number and retry.intermediate_values[1] == MARK
+    assert len(retry.intermediate_values) > epochs  # resumed, then trained on until this run's budget ran out
+
+
+def test_parallel_workers_complete_exactly_n_trials_without_lock_errors(tiny_data_dir, tmp_path):
+    # --trials-per-gpu 3 on a CPU: 3 worker processes, as --workers 3 (which the soak and dashboard tests use).
+    url = sqlite_url(tmp_path / "s.db")
+    args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "2", "--n-trials", "9", *TINY]
+    proc = run_search(*args, "--trials-per-gpu", "3")
     assert proc.returncode == 0, proc.stderr
     assert "locked" not in proc.stderr + proc.stdout
+    assert (
+        "packing: 3 concurrent trials on the CPU, cores split between them = 3 worker processes (--trials-per-gpu)"
+        in proc.stdout
+    )
     s = states(url)
     assert finished(url) == 9 and "FAIL" not in s and "RUNNING" not in s
     workers = {line.split("]")[0] for line in proc.stdout.splitlines() if line.startswith("[w")}
     assert len(workers) >= 2  # trials really ran in several processes
+    run = optuna.load_study(study_name="cifar10", storage=url).user_attrs["last_run"]
+    assert (run["workers"], run["devices"], run["finished"]) == (3, 1, 9)
     with sqlite3.connect(tmp_path / "s.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
 
@@ -236,8 +269,11 @@ def test_default_cpu_run_says_what_it_uses_and_timeout_stops_new_trials(tiny_dat
     assert (settings["n_trials"], settings["epochs"], settings["widths"]) == (12, 6, [32, 64, 128])
     assert (settings["batch_size"], settings["train_subset"], settings["sampler"]) == (128, 5000, "tpe")
     assert (settings["pruner"], settings["seed"], settings["val_fraction"]) == ("hyperband", 0, 0.1)
-    # --timeout 2: trials stop starting after 2 s, long before the 12 the defaults ask for.
-    assert 1 <= finished(sqlite_url(db)) < 12
+    # --timeout 2, a wall-clock budget: no trial starts after 2 s and a running one stops at its next epoch end
+    # (failed, with a retry queued), long before the 12 trials the defaults ask for.
+    ran = [t for t in study.trials if t.state.name != "WAITING"]
+    assert 1 <= len(ran) < 12 and "RUNNING" not in states(sqlite_url(db))
+    assert all(t.user_attrs["fail_reason"].startswith("timeout: ") for t in ran if t.state.name == "FAIL")
 
 
 def test_space_seed_sampler_and_pruner_are_used_and_resumed(tiny_data_dir, tmp_path):
@@ -398,6 +434,9 @@ def test_resume_takes_seed_sampler_pruner_space_and_n_trials_from_the_study():
         (["--batch-size", "100000"], "--batch-size: batch_size must be in [1, 65536]"),
         (["--train-subset", "-1"], "--train-subset must be at least 0"),
         (["--workers", "0"], "--workers must be at least 1"),
+        (["--trials-per-gpu", "0"], "--trials-per-gpu must be at least 1"),
+        (["--workers", "2", "--trials-per-gpu", "2"], "--workers and --trials-per-gpu both set the worker processes"),
+        (["--checkpoint-every", "-1"], "--checkpoint-every must be a number of seconds >= 0"),
         (["--heartbeat", "-1"], "--heartbeat must be at least 0"),
         (["--seed", "-1"], "--seed must be at least 0"),
         (["--timeout", "nan"], "--timeout must be a positive number"),

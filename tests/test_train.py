@@ -186,3 +186,27 @@ def test_checkpoint_of_another_config_is_ignored(splits, tmp_path):
     # Trained from scratch (a replay would repeat the first run's losses) and the checkpoint now is the new run's.
     assert [h.val_loss for h in second.history] != [h.val_loss for h in first.history]
     assert load_checkpoint(ckpt, other.to_dict()) is not None
+
+
+def test_time_based_checkpoints_write_the_last_epoch_and_on_an_exception_only(splits, tmp_path):
+    config = TrainConfig(**{**TINY, "epochs": 4})
+    straight = train(config, *splits)
+
+    class Crash(Exception):
+        pass
+
+    ckpt, on_disk = tmp_path / "trial.pt", []
+
+    def crash_after_two(stats):
+        on_disk.append(ckpt.exists())
+        if stats.epoch == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(config, *splits, checkpoint=ckpt, checkpoint_every=3600, on_epoch=crash_after_two)
+    assert on_disk == [False, False]  # within the interval: no write at an epoch's end
+    assert len(torch.load(ckpt, weights_only=True)["history"]) == 2  # the exception wrote the last epoch's state
+    seen = []
+    resumed = train(config, *splits, checkpoint=ckpt, checkpoint_every=3600, on_epoch=lambda s: seen.append(s.epoch))
+    assert seen == [1, 2, 3, 4] and [h.val_loss for h in resumed.history] == [h.val_loss for h in straight.history]
+    assert len(torch.load(ckpt, weights_only=True)["history"]) == 4  # the last epoch is always written

@@ -1,0 +1,70 @@
+"""Trials per GPU from free memory, the GPU utilisation sampler and the run's accounting, all without a GPU."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from hpo.accounting import GpuUtilisation
+from hpo.packing import CONTEXT_BYTES, GIB, choose_trials_per_gpu
+
+
+@pytest.mark.parametrize(
+    ("free", "peak", "data", "k"),
+    [
+        (78 * GIB, GIB // 2, GIB // 5, 4),  # an idle H100 and a small net: capped at 4
+        (8 * GIB, GIB, 0, 3),  # 7.2 usable / (1.5 + 0.59) per trial
+        (3 * GIB, GIB, GIB // 5, 1),
+        (GIB // 10, GIB, 0, 1),  # nothing fits: still one trial (as without packing)
+    ],
+)
+def test_trials_per_gpu_is_what_fits_in_free_memory_between_1_and_4(free, peak, data, k):
+    chosen, why = choose_trials_per_gpu(free, peak, data)
+    assert chosen == k
+    assert f"{free / GIB:.1f} GiB free" in why and ("capped at 4" in why) == (k == 4)
+    per_trial = peak * 1.5 + data + CONTEXT_BYTES
+    assert f"{per_trial / GIB:.2f} GiB per trial" in why
+
+
+def test_gpu_utilisation_is_the_mean_of_the_samples():
+    fake = GpuUtilisation([sys.executable, "-c", "print(50); print('[N/A]'); print(70)"])
+    assert fake.start()
+    fake._proc.wait()  # the fake prints its samples and ends
+    assert fake.stop() == pytest.approx(60.0)
+    missing = GpuUtilisation(["no-such-nvidia-smi"])
+    assert missing.start() is False and missing.stop() is None
+
+
+def test_process_start_time_is_when_the_process_started():
+    # A fresh process that sleeps before asking: the answer counts the sleep (and the interpreter's start).
+    code = "import time; time.sleep(1); from hpo.accounting import process_start_time as s; print(time.time() - s())"
+    age = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
+    assert 1.0 <= age < 30
+
+
+def test_worker_count_on_gpus_is_k_per_gpu_from_memory_unless_given(monkeypatch, capsys):
+    import torch
+
+    import hpo.search
+    from hpo.search import _visible_gpus, _worker_count, build_parser
+    from tests.test_search import settings
+
+    measured = []
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (78 * GIB, 80 * GIB))
+    monkeypatch.setattr(hpo.search, "measure_trial_peak", lambda config, device: measured.append(config) or GIB // 2)
+    cuda, space = torch.device("cuda"), {"batch_size": {"choices": [256, 1024]}}
+
+    def count(*flags: str) -> int:
+        return _worker_count(build_parser().parse_args(list(flags)), cuda, settings(space=space), GIB // 5)
+
+    assert count() == 8  # auto: 4 per GPU (capped) x 2 GPUs
+    assert measured[0].batch_size == 1024  # measured at the largest batch the space may sample
+    assert "packing: 4 concurrent trials per GPU x 2 GPU(s) = 8 worker processes (auto: 78.0 GiB free" in (
+        capsys.readouterr().out
+    )
+    assert count("--trials-per-gpu", "3") == 6 and count("--workers", "5") == 5 and len(measured) == 1
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert _visible_gpus() == ["2", "3"]  # workers are dealt the GPUs this process was given
