@@ -41,7 +41,9 @@ class Candidate:
 
 
 def default_seeds(device: torch.device) -> int:
-    return 5 if device.type == "cuda" else 4
+    """Seeds per retrained config. 5 on a CPU too: with 4, the default CPU search's +2.1-point gain over the
+    recipe measured p = 0.052; the fifth seed costs ~40 s of the 10-minute budget (runs train 2 at a time)."""
+    return 5
 
 
 def retrain(
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", help="default: sqlite:///studies/<study-name>.db")
     p.add_argument("--config", type=Path, help="retrain this config (JSON/YAML, e.g. from hpo.export) instead")
     p.add_argument("--baseline", type=Path, help="with --config: compare against this config")
-    p.add_argument("--seeds", type=int, help="runs per config (default 4 on CPU, 5 on GPU)")
+    p.add_argument("--seeds", type=int, help="runs per config (default 5)")
     p.add_argument("--epochs", type=int, help="override the configs' epochs")
     p.add_argument("--train-subset", type=int, default=0, help="train on at most this many images (default all)")
     p.add_argument("--data-dir", default="data")

@@ -127,7 +127,7 @@ def build_parser() -> ArgumentParser:
     )
     p.add_argument("--heartbeat", type=int, default=30, help="heartbeat seconds; a dead worker's trial is retried")
     p.add_argument("--no-retrain", action="store_true", help="skip retraining the best config and the report")
-    p.add_argument("--retrain-seeds", type=int, help="seeds per retrained config (default 4 on CPU, 5 on GPU)")
+    p.add_argument("--retrain-seeds", type=int, help="seeds per retrained config (default 5)")
     p.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)  # set on the processes --workers starts
     return p
 
