@@ -115,10 +115,18 @@ def retrain(
     return record
 
 
-def cpu_jobs(device: torch.device) -> int:
+# Below this many training images x epochs per run, starting a process (~3 s of imports) costs more than it saves.
+MIN_PARALLEL_WORK = 5000
+
+
+def cpu_jobs(device: torch.device, candidates: list[Candidate], data: Cifar10, train_subset: int = 0) -> int:
     """Runs to train at once: one single-threaded process per core on a CPU (two one-thread runs on 2 cores train
-    ~1.6x as many images per second as one two-thread run, whose small convolutions scale poorly); 1 on a GPU."""
-    return max(1, len(os.sched_getaffinity(0))) if device.type == "cpu" else 1
+    ~1.6x as many images per second as one two-thread run, whose small convolutions scale poorly); 1 on a GPU,
+    and 1 for runs too small to pay for a process."""
+    if device.type != "cpu" or not candidates:
+        return 1
+    work = len(data.train.first(train_subset)) * max(c.config.epochs for c in candidates)
+    return max(1, len(os.sched_getaffinity(0))) if work >= MIN_PARALLEL_WORK else 1
 
 
 def _train_one(config: TrainConfig, data: Cifar10, device: torch.device, threads: int | None = None):
@@ -200,8 +208,9 @@ def retrain_study(
 ) -> dict:
     """Retrain a study's best and runner-up, store the result in the study, save weights under ``folder``."""
     weights = folder / f"{study.study_name}-best"
-    jobs = cpu_jobs(device) if jobs is None else jobs
-    record = retrain(study_candidates(study), data, device, n_seeds, weights, jobs=jobs)
+    candidates = study_candidates(study)
+    jobs = cpu_jobs(device, candidates, data) if jobs is None else jobs
+    record = retrain(candidates, data, device, n_seeds, weights, jobs=jobs)
     store_result(study, record, folder)
     return record
 
@@ -276,7 +285,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.epochs is not None:
         candidates = [Candidate(c.label, c.config.replace(epochs=args.epochs), c.trial_number) for c in candidates]
     data = load_cifar10(args.data_dir)
-    jobs = cpu_jobs(device) if args.jobs is None else args.jobs
+    jobs = cpu_jobs(device, candidates, data, args.train_subset) if args.jobs is None else args.jobs
     record = retrain(candidates, data, device, n_seeds, weights, args.train_subset, jobs)
     if study is not None:
         store_result(study, record, files_dir(url))

@@ -22,6 +22,7 @@ from hpo.notes import (
     upload_trial_artifacts,
     write_study_note,
 )
+from hpo.space import DEFAULT_SPACE
 from hpo.storage import files_dir
 from tests.conftest import write_cifar_batches
 from tests.dashutil import attrs, dashboard_cmd, replay_with_artifacts, serve
@@ -197,7 +198,8 @@ def test_note_and_artifacts_show_in_the_dashboard(live, tmp_path):
     with serve("--storage", url, logs=tmp_path) as dash:
         detail = dash.study()
         note = detail["note"]["body"]
-        assert "## Search space" in note and "`lr_decoupled` | 0.5 … 32 (log scale)" in note
+        lr = DEFAULT_SPACE["lr_decoupled"]
+        assert "## Search space" in note and f"`lr_decoupled` | {lr.low:g} … {lr.high:g} (log scale)" in note
         assert "90 train / 10 validation" in note and "Hyperband over epochs" in note
         assert note.rstrip().endswith(
             "## Retrain\n\nbest config retrained: **test accuracy 0.2100** (95% CI 0.18-0.24)"

@@ -467,3 +467,19 @@ def test_accounting_shows_device_seconds_start_up_and_gpu_utilisation():
     gpu = accounting_table(trials("cuda"), trials("cuda"), {}, {**run, "devices": 2, "gpu_utilisation": 87.4})["value"]
     assert gpu["device-seconds per finished trial, last run (search seconds x devices / trials)"] == "10.0"
     assert gpu["mean GPU utilisation, last run"] == "87 %"
+
+
+def test_retrain_trains_in_parallel_only_on_a_cpu_and_only_runs_worth_a_process(tiny_data_dir):
+    import os
+
+    import hpo.retrain
+    from hpo.data import load_cifar10
+
+    data = load_cifar10(tiny_data_dir, download=False)  # 100 training images
+    cores = len(os.sched_getaffinity(0))
+    small = [hpo.retrain.Candidate("a", TINY_CONFIG.replace(epochs=2))]
+    big = [hpo.retrain.Candidate("a", TINY_CONFIG.replace(epochs=hpo.retrain.MIN_PARALLEL_WORK // 100))]
+    assert hpo.retrain.cpu_jobs(torch.device("cpu"), small, data) == 1
+    assert hpo.retrain.cpu_jobs(torch.device("cpu"), big, data) == cores
+    assert hpo.retrain.cpu_jobs(torch.device("cpu"), big, data, train_subset=50) == 1  # half the images
+    assert hpo.retrain.cpu_jobs(torch.device("cuda"), big, data) == 1

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from hpo.config import TrainConfig
+from hpo.space import DEFAULT_SPACE
 from tests.searchutil import TINY, finished, run_search, search_cmd, states, wait_for_running
 
 MARK = 0.123456  # a validation accuracy no real epoch on the tiny data reports
@@ -502,6 +503,7 @@ def test_an_enqueued_config_outside_the_space_is_one_line(tiny_data_dir, tmp_pat
     proc = run_search("--storage", url, "--data-dir", str(tiny_data_dir), "--enqueue", str(path), *TINY)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines() == [
-        f"error: {path}: dropout 0.9 is outside the search space [0, 0.5]: widen it with --space, or leave this "
+        f"error: {path}: dropout 0.9 is outside the search space [0, {DEFAULT_SPACE['dropout'].high:g}]: widen it "
+        "with --space, or leave this "
         "config out"
     ]
