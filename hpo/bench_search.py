@@ -16,7 +16,6 @@ import dataclasses
 import json
 import math
 import multiprocessing
-import os
 import zlib
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -37,6 +36,7 @@ from hpo.report import anytime_curve  # noqa: E402
 from hpo.search import PRUNERS, SAMPLERS, Settings, _first_trials, _make_pruner, _make_sampler  # noqa: E402
 from hpo.space import SearchSpace  # noqa: E402
 from hpo.stats import summarize  # noqa: E402
+from hpo.train import cpu_cores
 from hpo.worker import quiet_optuna  # noqa: E402
 
 DEFAULT_STRATEGIES = ("tpe:hyperband", "tpe:none", "random:none")
@@ -287,4 +287,5 @@ def search_benchmark(args, device: torch.device) -> None:
 
 
 def default_jobs() -> int:
-    return max(1, min(2, os.cpu_count() or 1))
+    """One single-threaded study per core."""
+    return cpu_cores()

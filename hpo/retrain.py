@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import multiprocessing
-import os
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ from hpo.notes import artifact_store_for, set_retrain_section
 from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR
 from hpo.stats import summarize, welch
 from hpo.storage import default_storage_url, files_dir, load_existing_study
-from hpo.train import resolve_device, train
+from hpo.train import cpu_cores, resolve_device, train
 
 
 @dataclass(frozen=True)
@@ -126,7 +125,7 @@ def cpu_jobs(device: torch.device, candidates: list[Candidate], data: Cifar10, t
     if device.type != "cpu" or not candidates:
         return 1
     work = len(data.train.first(train_subset)) * max(c.config.epochs for c in candidates)
-    return max(1, len(os.sched_getaffinity(0))) if work >= MIN_PARALLEL_WORK else 1
+    return cpu_cores() if work >= MIN_PARALLEL_WORK else 1
 
 
 def _train_one(config: TrainConfig, data: Cifar10, device: torch.device, threads: int | None = None):

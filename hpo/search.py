@@ -36,7 +36,7 @@ from hpo.report import write_report
 from hpo.retrain import RECIPE_LABEL, default_seeds, retrain_study
 from hpo.space import SearchSpace, SpaceError
 from hpo.storage import default_storage_url, files_dir, open_storage, redact, use_wal
-from hpo.train import resolve_device
+from hpo.train import cpu_cores, resolve_device
 from hpo.worker import FINISHED, quiet_optuna, run_worker
 
 SAMPLERS = ("tpe", "random", "gp", "cmaes")
@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     command_start = float(os.environ[START_ENV]) if is_worker else process_start_time()
     if is_worker and device.type == "cpu":
         # K workers on a CPU share its cores: K processes of (cores / K) threads, not K x cores threads fighting.
-        torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get(COUNT_ENV, 1))))
+        torch.set_num_threads(max(1, cpu_cores() // int(os.environ.get(COUNT_ENV, 1))))
     inherited = os.environ.get(STORAGE_ENV) if is_worker else None
     storage_url = args.storage or inherited or default_storage_url(args.study_name)
     storage = open_storage(storage_url, heartbeat_interval=args.heartbeat or None)

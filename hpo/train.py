@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -78,6 +79,11 @@ class TrainResult:
         out["history"] = [dataclasses.asdict(h) for h in self.history]
         out["best_val_acc"] = self.best_val_acc
         return out
+
+
+def cpu_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, not the machine's count)."""
+    return max(1, len(os.sched_getaffinity(0)))
 
 
 def resolve_device(name: str) -> torch.device:
