@@ -124,19 +124,28 @@ def run_study(bench: BenchSettings, strategy: str, seed: int, threads: int = 1) 
     curve.insert(0, "strategy", strategy)
     pruned = {t.number for t in trials if t.state == optuna.trial.TrialState.PRUNED}
     curve["pruned"] = curve.trial.isin(pruned)
-    accuracy = {t.number: t.user_attrs.get("val_acc_curve", []) for t in trials}
-    curve["val_acc_curve"] = [json.dumps(accuracy[n]) for n in curve.trial]
+    for column in ("val_acc_curve", "val_loss_curve"):
+        values = {t.number: t.user_attrs.get(column, []) for t in trials}
+        curve[column] = [json.dumps(values[n]) for n in curve.trial]
     return curve
 
 
-def rank_correlations(curves: pd.DataFrame, epochs: int) -> pd.Series:
-    """Spearman correlation between each epoch's validation accuracy and the last epoch's, over the trials that
-    ran all ``epochs``: how much an early pruning decision at that epoch knows about the final ranking."""
-    full = [c for c in curves.val_acc_curve.map(json.loads) if len(c) == epochs]
-    if len(full) < 3:
+def rank_correlations(curves: pd.DataFrame, epochs: int, signal: str = "val_acc_curve") -> pd.Series:
+    """Spearman correlation between each epoch's ``signal`` (validation accuracy, or validation loss negated so
+    that higher is better for both) and the last epoch's validation accuracy, over the trials that ran all
+    ``epochs``: how much an early pruning decision on that signal at that epoch knows about the final ranking."""
+    pairs = [
+        (json.loads(s), json.loads(a))
+        for s, a in zip(curves[signal], curves.val_acc_curve)
+        if len(json.loads(a)) == epochs and len(json.loads(s)) == epochs
+    ]
+    if len(pairs) < 3:
         return pd.Series(dtype=float)
-    table = pd.DataFrame(full, columns=range(1, epochs + 1))
-    return table.corr(method="spearman")[epochs].rename(f"Spearman with epoch {epochs} ({len(full)} trials)")
+    sign = -1.0 if signal == "val_loss_curve" else 1.0
+    table = pd.DataFrame([[sign * v for v in s] for s, _ in pairs], columns=range(1, epochs + 1))
+    final = pd.Series([a[-1] for _, a in pairs])
+    rho = table.corrwith(final, method="spearman")
+    return rho.rename(f"Spearman with epoch {epochs}'s accuracy ({len(pairs)} trials)")
 
 
 def run_benchmark(bench: BenchSettings, strategies: list[str], seeds: int, jobs: int) -> pd.DataFrame:
@@ -277,10 +286,11 @@ def search_benchmark(args, device: torch.device) -> None:
     print_table(table, bench.budget)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    correlations = rank_correlations(curves, epochs)
-    if len(correlations):
-        print(f"\nrank correlation of epoch-k validation accuracy with epoch {epochs}'s, over the full-length trials:")
-        print("  " + "  ".join(f"epoch {k}: {rho:.2f}" for k, rho in correlations.items()))
+    for signal, what in (("val_acc_curve", "validation accuracy"), ("val_loss_curve", "validation loss (negated)")):
+        correlations = rank_correlations(curves, epochs, signal)
+        if len(correlations):
+            print(f"\nrank correlation of epoch-k {what} with epoch {epochs}'s accuracy, over the full-length trials:")
+            print("  " + "  ".join(f"epoch {k}: {rho:.2f}" for k, rho in correlations.items()))
     curves.to_csv(out / "search-bench-curves.csv", index=False)
     plot(curves, bench.budget, out / "search-bench.png")
     print(f"\ncurves: {out / 'search-bench-curves.csv'}; plot: {out / 'search-bench.png'}")

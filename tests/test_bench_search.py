@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pandas as pd
@@ -85,6 +86,10 @@ def test_cli_prints_the_table_and_writes_curves_and_plot(tiny_data_dir, tmp_path
     assert "| 2/2 |" in rows[1]  # the baseline reaches its own final best in every study
     curves = pd.read_csv(out / "search-bench-curves.csv")
     assert set(curves.strategy) == {"tpe:median", BASELINE} and set(curves.seed) == {0, 1}
+    lengths = [
+        (len(json.loads(a)), len(json.loads(loss))) for a, loss in zip(curves.val_acc_curve, curves.val_loss_curve)
+    ]
+    assert all(n_acc == n_loss > 0 for n_acc, n_loss in lengths)  # each trial's loss curve, epoch for epoch
     assert (out / "search-bench.png").stat().st_size > 0
 
 
@@ -122,6 +127,20 @@ def test_rank_correlations_use_only_full_length_trials():
     assert rho[3] == pytest.approx(1.0)
     assert rho[2] == pytest.approx(0.8)  # ranks 2,1,3,4 against 1,2,3,4
     assert rho[1] == pytest.approx(1.0)
+    assert "4 trials" in rho.name
+
+
+def test_loss_correlations_rank_lower_loss_as_better_against_final_accuracy():
+    curves = pd.DataFrame(
+        {
+            "val_acc_curve": ["[0.1, 0.3]", "[0.2, 0.4]", "[0.3, 0.5]", "[0.4, 0.6]"],
+            # epoch 1: loss falls as the final accuracy rises (rho +1 once negated); epoch 2: ranks 2,1,3,4
+            "val_loss_curve": ["[2.0, 1.5]", "[1.8, 1.6]", "[1.6, 1.2]", "[1.4, 1.1]"],
+        }
+    )
+    rho = rank_correlations(curves, epochs=2, signal="val_loss_curve")
+    assert rho[1] == pytest.approx(1.0)
+    assert rho[2] == pytest.approx(0.8)
     assert "4 trials" in rho.name
 
 
