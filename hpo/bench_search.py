@@ -100,7 +100,14 @@ def run_study(bench: BenchSettings, strategy: str, seed: int, threads: int = 1) 
     data = load_cifar10(bench.data_dir)
     train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
     device = torch.device(bench.device)
-    study = optuna.create_study(direction="maximize", sampler=bench_sampler(settings), pruner=_make_pruner(settings))
+    # A fixed name: Hyperband assigns trials to brackets by hashing the study name, so an auto-generated one would
+    # make every run of the benchmark prune differently.
+    study = optuna.create_study(
+        study_name=f"bench {strategy} seed {seed}",
+        direction="maximize",
+        sampler=bench_sampler(settings),
+        pruner=_make_pruner(settings),
+    )
     for label, params in _first_trials(settings, [], warm=bench.warm_start):
         study.enqueue_trial(params, user_attrs={"enqueued": label})
     objective = Objective(

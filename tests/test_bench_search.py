@@ -76,6 +76,23 @@ def test_a_study_stops_once_it_has_spent_its_budget(tiny_data_dir):
     assert curve.best.dropna().is_monotonic_increasing
 
 
+def test_studies_are_named_by_strategy_and_seed_so_hyperband_brackets_repeat(tiny_data_dir, monkeypatch):
+    import optuna
+
+    names = []
+    create = optuna.create_study
+
+    def recording_create(*args, **kwargs):
+        names.append(kwargs.get("study_name"))
+        return create(*args, **kwargs)
+
+    monkeypatch.setattr(optuna, "create_study", recording_create)
+    bench = BenchSettings(str(tiny_data_dir), 1, (8, 16, 16), 0, 16, budget=1, warm_start=False)
+    for seed in (0, 0, 1):
+        run_study(bench, "tpe:hyperband", seed=seed)
+    assert names[0] is not None and names[0] == names[1] != names[2]
+
+
 def test_cli_prints_the_table_and_writes_curves_and_plot(tiny_data_dir, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["--search", "--data-dir", str(tiny_data_dir), "--seeds", "2", "--budget", "4", "--jobs", "1"]
