@@ -134,6 +134,8 @@ def run_study(bench: BenchSettings, strategy: str, seed: int, threads: int = 1) 
     for column in ("val_acc_curve", "val_loss_curve"):
         values = {t.number: t.user_attrs.get(column, []) for t in trials}
         curve[column] = [json.dumps(values[n]) for n in curve.trial]
+    params = {t.number: t.params for t in trials}
+    curve["params"] = [json.dumps(params[n]) for n in curve.trial]  # so a study's best can be retrained later
     return curve
 
 

@@ -19,6 +19,7 @@ from hpo.bench_search import (
     summary_table,
 )
 from hpo.errors import run_cli
+from hpo.space import SearchSpace
 
 TINY = ["--widths", "8", "16", "16", "--batch-size", "16", "--device", "cpu", "--epochs", "2"]
 
@@ -107,6 +108,8 @@ def test_cli_prints_the_table_and_writes_curves_and_plot(tiny_data_dir, tmp_path
         (len(json.loads(a)), len(json.loads(loss))) for a, loss in zip(curves.val_acc_curve, curves.val_loss_curve)
     ]
     assert all(n_acc == n_loss > 0 for n_acc, n_loss in lengths)  # each trial's loss curve, epoch for epoch
+    space = set(SearchSpace.default().describe())
+    assert all(set(json.loads(p)) == space for p in curves.params)  # each trial's sampled values
     assert (out / "search-bench.png").stat().st_size > 0
 
 
