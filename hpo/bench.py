@@ -330,6 +330,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--budget", type=int, help="--search: epochs per study (default 20 x --epochs)")
     parser.add_argument("--train-subset", type=int, help="--search/--packing: training images per trial (default 2000)")
     parser.add_argument("--warm-start", action="store_true", help="--search: every study starts with the recipe")
+    parser.add_argument(
+        "--retrain-best",
+        type=int,
+        default=0,
+        metavar="K",
+        help="--search: retrain each study's best trial with K fresh seeds and score it on the test set",
+    )
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="--search: studies at once (CPU)")
     parser.add_argument("--out", default="reports", help="--search: folder for the curves CSV and the plot")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes for the baseline")
@@ -341,12 +348,14 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise HpoError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.tile_to < 0 or args.workers < 0 or (args.train_subset or 0) < 0:
-        raise HpoError("--tile-to, --workers and --train-subset must be >= 0")
+    if args.tile_to < 0 or args.workers < 0 or (args.train_subset or 0) < 0 or args.retrain_best < 0:
+        raise HpoError("--tile-to, --workers, --train-subset and --retrain-best must be >= 0")
     if args.search + args.ablation + args.packing + args.augment_only + bool(args.variants) > 1:
         raise HpoError(
             "--search, --ablation, --packing, --variants and --augment-only are separate benchmarks: pass one"
         )
+    if args.retrain_best and not args.search:
+        raise HpoError("--retrain-best is for --search: pass both, or leave --retrain-best out")
     if any(k < 1 for k in args.k or []):
         raise HpoError(f"--k values must be at least 1, got {args.k}")
 

@@ -5,6 +5,8 @@ study seeds 0..R-1 over the default search space, on the same training/validatio
 epoch budget. For each study we keep the anytime curve (best validation accuracy so far against cumulative epochs
 and seconds); the table gives, per strategy, the final best and the epochs it needed to reach the baseline's
 (random search without pruning) final best of the same seed, and the plot the mean best-so-far against epochs.
+With ``--retrain-best K`` each study's best trial is retrained on K fresh seeds and scored on the test set, which
+tells how good the chosen configurations are, free of the selection on validation noise that inflates a best score.
 
 The studies run in ``--jobs`` processes of one thread each (2 jobs use both cores of a 2-core machine better than
 one study on 2 threads).
@@ -28,6 +30,7 @@ import numpy as np  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
+from scipy import stats as sps  # noqa: E402
 
 from hpo.data import load_cifar10, train_val_split  # noqa: E402
 from hpo.errors import HpoError  # noqa: E402
@@ -36,7 +39,7 @@ from hpo.report import anytime_curve  # noqa: E402
 from hpo.search import PRUNERS, SAMPLERS, Settings, _first_trials, _make_pruner, _make_sampler  # noqa: E402
 from hpo.space import SearchSpace  # noqa: E402
 from hpo.stats import summarize  # noqa: E402
-from hpo.train import cpu_cores
+from hpo.train import cpu_cores, train  # noqa: E402
 from hpo.worker import quiet_optuna  # noqa: E402
 
 DEFAULT_STRATEGIES = ("tpe:hyperband", "tpe:none", "random:none")
@@ -188,6 +191,86 @@ def epochs_to_reach(curve: pd.DataFrame, target: float) -> float:
     return float(reached.epochs.iloc[0]) if len(reached) else math.inf
 
 
+def best_trials(curves: pd.DataFrame, epochs: int) -> pd.DataFrame:
+    """Per study, the full-length trial with the highest final validation accuracy (the first one on ties): what
+    the search would hand to retraining. Pruned trials never count, however well they started."""
+    rows = []
+    for (strategy, seed), curve in curves.groupby(["strategy", "seed"], sort=False):
+        accuracy = curve.val_acc_curve.map(json.loads)
+        full = curve[accuracy.map(len).eq(epochs) & ~curve.pruned.astype(bool)]
+        if full.empty:
+            continue
+        finals = accuracy[full.index].map(lambda a: a[-1])
+        best = full.loc[finals.idxmax()]
+        rows.append(
+            {
+                "strategy": strategy,
+                "seed": seed,
+                "trial": int(best.trial),
+                "val_acc": float(finals.max()),
+                "params": json.loads(best.params),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
+RETRAIN_SEED_BASE = 100  # retraining seeds 100, 101, ...: none of them is a trial's seed in a short benchmark
+
+
+def retrain_on_test(bench: BenchSettings, params: dict, seeds: int, threads: int = 1) -> list[float]:
+    """Test accuracy of the config ``params`` gives, trained ``seeds`` times on fresh seeds on the benchmark's
+    training images: an estimate of the chosen config's quality free of the selection on validation noise."""
+    torch.set_num_threads(threads)
+    data = load_cifar10(bench.data_dir)
+    settings = bench.search_settings(BASELINE, 0)
+    train_split, _ = train_val_split(data.train, settings.val_fraction, seed=0)
+    config = SearchSpace.to_config(params, settings.base_config())
+    device = torch.device(bench.device)
+    train_data, test_data = train_split.first(bench.train_subset).to(device), data.test.to(device)
+    return [
+        train(config.replace(seed=RETRAIN_SEED_BASE + k), train_data, test_data, device).val_acc for k in range(seeds)
+    ]
+
+
+def retrain_best(bench: BenchSettings, curves: pd.DataFrame, seeds: int, jobs: int) -> pd.DataFrame:
+    """Every study's best trial retrained ``seeds`` times and scored on the test set (``jobs`` at a time)."""
+    best = best_trials(curves, bench.epochs)
+    tasks = [(bench, params, seeds) for params in best.params]
+    if jobs == 1:
+        results = [retrain_on_test(*task, threads=torch.get_num_threads()) for task in tasks]
+    else:
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            results = list(pool.map(retrain_on_test, *zip(*tasks)))
+    best["test_runs"] = results
+    best["test_acc"] = [float(np.mean(r)) for r in results]
+    return best
+
+
+def retrain_table(best: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
+    """Per strategy: its studies' chosen configs, validation score against retrained test accuracy (mean ± CI over
+    studies), and the paired difference in test accuracy from the baseline's study of the same seed."""
+    base = best[best.strategy == baseline].set_index("seed").test_acc
+    rows = []
+    for strategy, group in best.groupby("strategy", sort=False):
+        test = summarize(list(group.test_acc))
+        paired = group.set_index("seed").test_acc.align(base, join="inner")
+        diff = paired[0] - paired[1]
+        p = float(sps.ttest_rel(*paired).pvalue) if strategy != baseline and len(diff) > 1 else math.nan
+        rows.append(
+            {
+                "strategy": strategy,
+                "studies": len(group),
+                "best validation": float(group.val_acc.mean()),
+                "retrained test": f"{test.mean:.4f} ± {(test.ci_high - test.ci_low) / 2:.4f}"
+                if test.n > 1
+                else f"{test.mean:.4f}",
+                "vs baseline": float(diff.mean()) if strategy != baseline else 0.0,
+                "p (paired)": p,
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def summary_table(curves: pd.DataFrame, budget: int, baseline: str = BASELINE) -> pd.DataFrame:
     """Per strategy: trials, pruned share, final best (mean ± CI over seeds), and the epochs each study needed to
     reach the baseline's final best for the same seed, also as a fraction of the budget."""
@@ -238,6 +321,15 @@ def print_table(table: pd.DataFrame, budget: int) -> None:
             f"| {r.strategy} | {r.studies} | {r[2]:.1f} | {r.pruned:.0%} | {r[4]:.0f} | {r[5]} | {r[6]} "
             f"| {bound}{epochs:.1f} ({bound}{fraction:.2f} of the budget) |"
         )
+
+
+def print_retrain_table(table: pd.DataFrame) -> None:
+    print(f"| strategy | studies | best validation (mean) | retrained test (mean ± 95 % CI) | vs {BASELINE} (paired) |")
+    print("|---|--:|--:|---|--:|")
+    for r in table.itertuples(index=False):
+        p = r[5]
+        versus = "baseline" if r.strategy == BASELINE else f"{r[4]:+.4f}" + ("" if math.isnan(p) else f" (p = {p:.2g})")
+        print(f"| {r.strategy} | {r.studies} | {r[2]:.4f} | {r[3]} | {versus} |")
 
 
 def plot(curves: pd.DataFrame, budget: int, path: Path) -> None:
@@ -300,6 +392,15 @@ def search_benchmark(args, device: torch.device) -> None:
         if len(correlations):
             print(f"\nrank correlation of epoch-k {what} with epoch {epochs}'s accuracy, over the full-length trials:")
             print("  " + "  ".join(f"epoch {k}: {rho:.2f}" for k, rho in correlations.items()))
+    if args.retrain_best:
+        print(
+            f"\nretraining each study's best trial with {args.retrain_best} fresh seeds, scored on the "
+            f"{len(load_cifar10(args.data_dir).test)} test images:",
+            flush=True,
+        )
+        best = retrain_best(bench, curves, args.retrain_best, args.jobs)
+        best.to_csv(out / "search-bench-retrained.csv", index=False)
+        print_retrain_table(retrain_table(best))
     curves.to_csv(out / "search-bench-curves.csv", index=False)
     plot(curves, bench.budget, out / "search-bench.png")
     print(f"\ncurves: {out / 'search-bench-curves.csv'}; plot: {out / 'search-bench.png'}")

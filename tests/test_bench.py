@@ -68,7 +68,10 @@ def test_ablation_ends_only_has_two_rows(tiny_data_dir, capsys):
     assert [line.split("|")[1].strip() for line in table[1:]] == [ALL_ON, ALL_OFF]
 
 
-@pytest.mark.parametrize("flag", [["--seeds", "0"], ["--epochs", "-1"], ["--tile-to", "-5"]])
+@pytest.mark.parametrize(
+    "flag",
+    [["--seeds", "0"], ["--epochs", "-1"], ["--tile-to", "-5"], ["--retrain-best", "-1"], ["--retrain-best", "2"]],
+)
 def test_bad_values_are_one_line_without_traceback(tiny_data_dir, flag):
     proc = subprocess.run(
         [sys.executable, "-m", "hpo.bench", "--ablation", "--data-dir", str(tiny_data_dir), *flag],

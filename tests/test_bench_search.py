@@ -13,8 +13,10 @@ from hpo.bench_search import (
     BASELINE,
     BenchSettings,
     bench_sampler,
+    best_trials,
     epochs_to_reach,
     rank_correlations,
+    retrain_table,
     run_study,
     summary_table,
 )
@@ -175,3 +177,84 @@ def test_samplers_draw_their_own_points_and_pruners_share_them():
 
     assert first_points("tpe:hyperband") == first_points("tpe:none")  # same proposals: only the pruner differs
     assert first_points("tpe:none") != first_points("random:none")  # TPE's start-up is not random search's
+
+
+def _studies(rows: list[tuple]) -> pd.DataFrame:
+    """(strategy, seed, trial, pruned, accuracy curve, lr) rows as the benchmark's curves frame."""
+    return pd.DataFrame(
+        [
+            {
+                "strategy": st,
+                "seed": seed,
+                "trial": trial,
+                "pruned": pruned,
+                "val_acc_curve": json.dumps(curve),
+                "params": json.dumps({"lr_decoupled": lr}),
+            }
+            for st, seed, trial, pruned, curve, lr in rows
+        ]
+    )
+
+
+def test_best_trials_are_the_highest_full_length_ones_never_a_pruned_one():
+    curves = _studies(
+        [
+            ("tpe:hyperband", 0, 0, False, [0.2, 0.5], 10.0),
+            ("tpe:hyperband", 0, 1, True, [0.9], 20.0),  # pruned after a lucky first epoch: not a candidate
+            ("tpe:hyperband", 0, 2, False, [0.3, 0.6], 30.0),
+            ("tpe:hyperband", 0, 3, False, [0.4, 0.6], 40.0),  # a tie: the first one stays the best
+            (BASELINE, 0, 0, False, [0.1, 0.4], 50.0),
+        ]
+    )
+    best = best_trials(curves, epochs=2).set_index("strategy")
+    assert best.loc["tpe:hyperband", "trial"] == 2 and best.loc["tpe:hyperband", "params"] == {"lr_decoupled": 30.0}
+    assert best.loc["tpe:hyperband", "val_acc"] == pytest.approx(0.6)
+    assert best.loc[BASELINE, "trial"] == 0
+
+
+def test_retrain_table_pairs_each_study_with_the_baseline_of_its_seed():
+    best = pd.DataFrame(
+        {
+            "strategy": ["tpe:hyperband"] * 3 + [BASELINE] * 3,
+            "seed": [2, 0, 1, 0, 1, 2],  # out of order: the pairing goes by seed, not by row
+            "val_acc": [0.6, 0.6, 0.6, 0.7, 0.7, 0.7],
+            "test_acc": [0.53, 0.51, 0.50, 0.50, 0.52, 0.48],
+        }
+    )
+    table = retrain_table(best).set_index("strategy")
+    # by seed: 0.51 - 0.50, 0.50 - 0.52, 0.53 - 0.48 (row by row would pair 0.53 with 0.50, ...)
+    assert table.loc["tpe:hyperband", "vs baseline"] == pytest.approx((0.01 - 0.02 + 0.05) / 3)
+    assert table.loc["tpe:hyperband", "p (paired)"] == pytest.approx(0.5784, abs=1e-3)
+    assert table.loc[BASELINE, "best validation"] == pytest.approx(0.7)
+
+
+def test_retraining_trains_on_the_benchmark_images_and_scores_on_the_test_set(tiny_data_dir, monkeypatch):
+    import hpo.bench_search as bench_search
+
+    calls = []
+
+    def fake_train(config, train_data, eval_data, device):
+        calls.append((config.seed, config.lr, len(train_data), len(eval_data)))
+        return type("Result", (), {"val_acc": 0.5})()
+
+    monkeypatch.setattr(bench_search, "train", fake_train)
+    bench = BenchSettings(str(tiny_data_dir), 1, (8, 16, 16), 30, 16, budget=1, warm_start=False)
+    params = {"lr_decoupled": 8.0, "wd_decoupled": 0.01, "momentum": 0.8, "dropout": 0.0}
+    params.update(augmentation="flip", scheduler="cosine")
+    assert bench_search.retrain_on_test(bench, params, 2) == [0.5, 0.5]
+    assert [c[0] for c in calls] == [100, 101]  # fresh seeds
+    assert {c[2:] for c in calls} == {(30, 20)}  # the benchmark's 30 training images; the 20 test images
+
+
+def test_cli_retrains_the_best_of_each_study(tiny_data_dir, tmp_path, capsys):
+    out = tmp_path / "out"
+    args = ["--search", "--data-dir", str(tiny_data_dir), "--seeds", "2", "--budget", "4", "--jobs", "1"]
+    assert main([*args, "--strategies", "tpe:median", "--retrain-best", "1", "--out", str(out), *TINY]) == 0
+    text = capsys.readouterr().out
+    assert "scored on the 20 test images" in text
+    header = next(line for line in text.splitlines() if line.startswith("| strategy | studies | best validation"))
+    rows = text.split(header)[1].strip().splitlines()[1:3]
+    assert [r.split("|")[1].strip() for r in rows] == ["tpe:median", BASELINE]
+    assert rows[1].rstrip().endswith("| baseline |")
+    retrained = pd.read_csv(out / "search-bench-retrained.csv")
+    assert len(retrained) == 4 and retrained.test_runs.map(lambda r: len(json.loads(r))).eq(1).all()
