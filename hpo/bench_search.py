@@ -146,11 +146,8 @@ def rank_correlations(curves: pd.DataFrame, epochs: int, signal: str = "val_acc_
     """Spearman correlation between each epoch's ``signal`` (validation accuracy, or validation loss negated so
     that higher is better for both) and the last epoch's validation accuracy, over the trials that ran all
     ``epochs``: how much an early pruning decision on that signal at that epoch knows about the final ranking."""
-    pairs = [
-        (json.loads(s), json.loads(a))
-        for s, a in zip(curves[signal], curves.val_acc_curve)
-        if len(json.loads(a)) == epochs and len(json.loads(s)) == epochs
-    ]
+    decoded = zip(curves[signal].map(json.loads), curves.val_acc_curve.map(json.loads))
+    pairs = [(s, a) for s, a in decoded if len(a) == epochs and len(s) == epochs]
     if len(pairs) < 3:
         return pd.Series(dtype=float)
     sign = -1.0 if signal == "val_loss_curve" else 1.0
@@ -261,9 +258,7 @@ def retrain_table(best: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
                 "strategy": strategy,
                 "studies": len(group),
                 "best validation": float(group.val_acc.mean()),
-                "retrained test": f"{test.mean:.4f} ± {(test.ci_high - test.ci_low) / 2:.4f}"
-                if test.n > 1
-                else f"{test.mean:.4f}",
+                "retrained test": test.mean_ci(),
                 "vs baseline": float(diff.mean()) if strategy != baseline else 0.0,
                 "p (paired)": p,
             }
@@ -293,9 +288,7 @@ def summary_table(curves: pd.DataFrame, budget: int, baseline: str = BASELINE) -
                 "trials / study": np.mean(trials),
                 "pruned": np.mean(pruned),
                 "train s / study": np.mean(seconds),
-                "final best": f"{final.mean:.4f} ± {(final.ci_high - final.ci_low) / 2:.4f}"
-                if final.n > 1
-                else f"{final.mean:.4f}",
+                "final best": final.mean_ci(),
                 "reached baseline best": f"{len(reached)}/{len(needed)}",
                 # Studies that never reach it count as the whole budget: the mean is then a lower bound.
                 "epochs to baseline best": np.mean([min(n, budget) for n in needed]) if needed else math.nan,

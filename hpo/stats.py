@@ -25,6 +25,12 @@ class Summary:
         half = (self.ci_high - self.ci_low) / 2
         return f"{self.mean:.4f} ± {half:.4f} (95% CI, n={self.n}, sd {self.std:.4f})"
 
+    def mean_ci(self) -> str:
+        """``mean ± half-width`` of the 95 % CI; the mean alone for a single value (it has no CI)."""
+        if self.n < 2:
+            return f"{self.mean:.4f}"
+        return f"{self.mean:.4f} ± {(self.ci_high - self.ci_low) / 2:.4f}"
+
 
 def summarize(values: list[float]) -> Summary:
     n = len(values)
