@@ -37,6 +37,8 @@ COMPONENTS_OFF: dict[str, dict[str, Any]] = {
     "dirac_init": {"dirac_init": False},
 }
 
+RECIPE_LABEL = "recipe (the defaults)"  # how the default config is named where it runs as a trial or is retrained
+
 
 class ConfigError(HpoError):
     """A configuration value is missing, unknown, mistyped or out of range."""

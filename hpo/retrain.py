@@ -21,7 +21,7 @@ import optuna
 import torch
 from optuna.artifacts import upload_artifact
 
-from hpo.config import TrainConfig, load_config
+from hpo.config import RECIPE_LABEL, TrainConfig, load_config
 from hpo.data import Cifar10, load_cifar10
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import ranked_trials, trial_config
@@ -160,7 +160,6 @@ def save_weights(folder: Path, state: dict[str, torch.Tensor], config: TrainConf
     (folder / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
-RECIPE_LABEL = "recipe (the defaults)"
 IS_RECIPE = ", the recipe"  # appended to a best/runner-up label whose config is the recipe's
 
 

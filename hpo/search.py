@@ -25,15 +25,13 @@ import torch
 from tqdm import tqdm
 
 from hpo.accounting import GpuUtilisation, process_start_time
-from hpo.config import ConfigError, TrainConfig, load_config
+from hpo.config import RECIPE_LABEL, ConfigError, TrainConfig, load_config
 from hpo.data import load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import dump, export_document, ranked_trials
 from hpo.notes import artifact_store_for, write_study_note
 from hpo.objective import CHECKPOINT_EVERY_S, OBJECTIVE_NAME, RUN_ATTR, SETTINGS_ATTR, Objective
 from hpo.packing import choose_trials_per_gpu, data_bytes, measure_trial_peak
-from hpo.report import write_report
-from hpo.retrain import RECIPE_LABEL, default_seeds, retrain_study
 from hpo.space import SearchSpace, SpaceError
 from hpo.storage import default_storage_url, files_dir, open_storage, redact, use_wal
 from hpo.train import cpu_cores, resolve_device
@@ -227,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def finish_pipeline(study: optuna.Study, storage_url: str, data, device: torch.device, seeds: int | None) -> None:
     """Retrain the best (and runner-up) config, export the best, and write the report: one command, whole job."""
+    # Imported here: pandas, matplotlib and scipy are needed only now, and at the top they would add their import
+    # time to every search's (and every packed worker's) start-up.
+    from hpo.report import write_report
+    from hpo.retrain import default_seeds, retrain_study
+
     ranked = ranked_trials(study)
     if not ranked:
         print("no completed trial: nothing to retrain or report yet")
