@@ -2,8 +2,10 @@
 
 Each strategy (a sampler and a pruner, as ``hpo.search --sampler/--pruner`` would build them) runs R studies with
 study seeds 0..R-1 over the default search space, on the same training/validation split, until it has spent the
-epoch budget. For each study we keep the anytime curve (best validation accuracy so far against cumulative epochs
-and seconds); the table gives, per strategy, the final best and the epochs it needed to reach the baseline's
+epoch budget. Trials train on at most ``--train-subset`` images, and every training image they do not train on joins
+the validation split, so that the scores a study ranks its trials by carry as little sampling noise as the data
+allows. For each study we keep the anytime curve (best validation accuracy so far against cumulative epochs and
+seconds); the table gives, per strategy, the final best and the epochs it needed to reach the baseline's
 (random search without pruning) final best of the same seed, and the plot the mean best-so-far against epochs.
 With ``--retrain-best K`` each study's best trial is retrained on K fresh seeds and scored on the test set, which
 tells how good the chosen configurations are, free of the selection on validation noise that inflates a best score.
@@ -32,7 +34,7 @@ import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 from scipy import stats as sps  # noqa: E402
 
-from hpo.data import load_cifar10, train_val_split  # noqa: E402
+from hpo.data import Cifar10, Split, load_cifar10, train_val_split  # noqa: E402
 from hpo.errors import HpoError  # noqa: E402
 from hpo.objective import Objective  # noqa: E402
 from hpo.report import anytime_curve  # noqa: E402
@@ -93,6 +95,18 @@ def bench_sampler(settings: Settings) -> optuna.samplers.BaseSampler:
     return _make_sampler(settings, 0, zlib.crc32(settings.sampler.encode()) % 100_003)
 
 
+def bench_splits(data: Cifar10, settings: Settings) -> tuple[Split, Split]:
+    """The benchmark's training images, the first ``train_subset`` of the search's training split, and its
+    validation images: the search's validation split plus every training image the benchmark does not train on.
+    On the 4 660-image subset that scores trials on 2 660 images instead of 466, so two configs' scores differ by
+    sampling noise of about 1 point instead of 2-3, and a study's best is less its luckiest draw."""
+    train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
+    if settings.train_subset <= 0 or settings.train_subset >= len(train_split):
+        return train_split, val_split
+    unused = train_split.take(slice(settings.train_subset, None))
+    return train_split.first(settings.train_subset), val_split.concat(unused)
+
+
 def run_study(bench: BenchSettings, strategy: str, seed: int, threads: int = 1) -> pd.DataFrame:
     """One study of ``strategy`` with study seed ``seed`` until ``bench.budget`` epochs are spent; its anytime
     curve (one row per finished trial) with the strategy and seed added."""
@@ -100,8 +114,7 @@ def run_study(bench: BenchSettings, strategy: str, seed: int, threads: int = 1) 
     quiet_optuna()
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     settings = bench.search_settings(strategy, seed)
-    data = load_cifar10(bench.data_dir)
-    train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
+    train_split, val_split = bench_splits(load_cifar10(bench.data_dir), settings)
     device = torch.device(bench.device)
     # A fixed name: Hyperband assigns trials to brackets by hashing the study name, so an auto-generated one would
     # make every run of the benchmark prune differently.
@@ -116,7 +129,7 @@ def run_study(bench: BenchSettings, strategy: str, seed: int, threads: int = 1) 
     objective = Objective(
         space=SearchSpace.from_dict(settings.space),
         base=settings.base_config(),
-        train_data=train_split.first(settings.train_subset).to(device),
+        train_data=train_split.to(device),
         val_data=val_split.to(device),
         device=device,
         study_seed=seed,
@@ -220,10 +233,10 @@ def retrain_on_test(bench: BenchSettings, params: dict, seeds: int, threads: int
     torch.set_num_threads(threads)
     data = load_cifar10(bench.data_dir)
     settings = bench.search_settings(BASELINE, 0)
-    train_split, _ = train_val_split(data.train, settings.val_fraction, seed=0)
+    train_split, _ = bench_splits(data, settings)
     config = SearchSpace.to_config(params, settings.base_config())
     device = torch.device(bench.device)
-    train_data, test_data = train_split.first(bench.train_subset).to(device), data.test.to(device)
+    train_data, test_data = train_split.to(device), data.test.to(device)
     return [
         train(config.replace(seed=RETRAIN_SEED_BASE + k), train_data, test_data, device).val_acc for k in range(seeds)
     ]
@@ -366,12 +379,13 @@ def search_benchmark(args, device: torch.device) -> None:
     )
     if args.jobs > 1 and device.type == "cuda":
         raise HpoError("--jobs > 1 is for the CPU; on a GPU run the studies one at a time (--jobs 1)")
-    load_cifar10(args.data_dir)  # a bad --data-dir fails here with one line, not in a worker process
+    # A bad --data-dir fails here with one line, not in a worker process.
+    train_split, val_split = bench_splits(load_cifar10(args.data_dir), bench.search_settings(BASELINE, 0))
     print(
         f"search benchmark on {device}: {len(strategies)} strategies x {args.seeds} study seeds, "
         f"{bench.budget} epochs per study (trials of up to {epochs} epochs, widths "
-        f"{'/'.join(map(str, bench.widths))}, batch {bench.batch_size}, at most {bench.train_subset or 'all'} training "
-        f"images), warm start {'on' if bench.warm_start else 'off'}, {args.jobs} jobs",
+        f"{'/'.join(map(str, bench.widths))}, batch {bench.batch_size}, {len(train_split)} training images, "
+        f"{len(val_split)} validation images), warm start {'on' if bench.warm_start else 'off'}, {args.jobs} jobs",
         flush=True,
     )
     curves = run_benchmark(bench, strategies, args.seeds, args.jobs)

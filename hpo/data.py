@@ -46,6 +46,9 @@ class Split:
     def take(self, index: torch.Tensor | slice) -> Split:
         return Split(self.images[index], self.labels[index])
 
+    def concat(self, other: Split) -> Split:
+        return Split(torch.cat([self.images, other.images]), torch.cat([self.labels, other.labels]))
+
     def first(self, n: int) -> Split:
         """The first ``n`` images (all of them when ``n`` is 0)."""
         return self if n <= 0 or n >= len(self) else self.take(slice(0, n))

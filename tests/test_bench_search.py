@@ -13,6 +13,7 @@ from hpo.bench_search import (
     BASELINE,
     BenchSettings,
     bench_sampler,
+    bench_splits,
     best_trials,
     epochs_to_reach,
     rank_correlations,
@@ -20,6 +21,7 @@ from hpo.bench_search import (
     run_study,
     summary_table,
 )
+from hpo.data import load_cifar10
 from hpo.errors import run_cli
 from hpo.space import SearchSpace
 
@@ -70,6 +72,21 @@ def test_summary_compares_each_seed_with_the_baseline_of_the_same_seed():
     assert base["epochs to baseline best"] == pytest.approx((8 + 12) / 2)
 
 
+def _keys(split) -> set[bytes]:
+    return {image.numpy().tobytes() for image in split.images}
+
+
+@pytest.mark.parametrize("subset, n_train, n_val", [(30, 30, 70), (0, 90, 10), (90, 90, 10), (500, 90, 10)])
+def test_images_the_benchmark_does_not_train_on_join_the_validation_split(tiny_data_dir, subset, n_train, n_val):
+    data = load_cifar10(tiny_data_dir)  # 100 training images: a validation split of 10, 90 to train on
+    settings = BenchSettings(str(tiny_data_dir), 1, (8, 16, 16), subset, 16, budget=1, warm_start=False)
+    train, val = bench_splits(data, settings.search_settings(BASELINE, 0))
+    assert (len(train), len(val)) == (n_train, n_val)
+    assert not _keys(train) & _keys(val) and _keys(train) | _keys(val) == _keys(data.train)
+    label_of = {image.numpy().tobytes(): int(label) for image, label in zip(data.train.images, data.train.labels)}
+    assert all(label_of[image.numpy().tobytes()] == int(label) for image, label in zip(val.images, val.labels))
+
+
 def test_a_study_stops_once_it_has_spent_its_budget(tiny_data_dir):
     bench = BenchSettings(str(tiny_data_dir), 2, (8, 16, 16), 0, 16, budget=5, warm_start=True)
     curve = run_study(bench, "random:none", seed=3)
@@ -96,6 +113,21 @@ def test_studies_are_named_by_strategy_and_seed_so_hyperband_brackets_repeat(tin
     assert names[0] is not None and names[0] == names[1] != names[2]
 
 
+def test_a_study_trains_and_scores_on_the_benchmark_splits(tiny_data_dir, monkeypatch):
+    import hpo.bench_search as bench_search
+
+    sizes = []
+
+    class Recording(bench_search.Objective):
+        def __init__(self, **kwargs):
+            sizes.append((len(kwargs["train_data"]), len(kwargs["val_data"])))
+            super().__init__(**kwargs)
+
+    monkeypatch.setattr(bench_search, "Objective", Recording)
+    run_study(BenchSettings(str(tiny_data_dir), 1, (8, 16, 16), 30, 16, budget=1, warm_start=False), BASELINE, 0)
+    assert sizes == [(30, 70)]
+
+
 def test_cli_prints_the_table_and_writes_curves_and_plot(tiny_data_dir, tmp_path, capsys):
     out = tmp_path / "out"
     args = ["--search", "--data-dir", str(tiny_data_dir), "--seeds", "2", "--budget", "4", "--jobs", "1"]
@@ -104,6 +136,7 @@ def test_cli_prints_the_table_and_writes_curves_and_plot(tiny_data_dir, tmp_path
     rows = [line for line in text.splitlines() if line.startswith("| ") and "strategy" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["tpe:median", BASELINE]  # the baseline is always added
     assert "| 2/2 |" in rows[1]  # the baseline reaches its own final best in every study
+    assert "90 training images, 10 validation images" in text  # --train-subset 2000: all 90 train, none left over
     curves = pd.read_csv(out / "search-bench-curves.csv")
     assert set(curves.strategy) == {"tpe:median", BASELINE} and set(curves.seed) == {0, 1}
     lengths = [
