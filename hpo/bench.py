@@ -328,7 +328,11 @@ def main(argv: list[str] | None = None) -> int:
         "--strategies", nargs="+", metavar="SAMPLER:PRUNER", help=f"--search: default {' '.join(DEFAULT_STRATEGIES)}"
     )
     parser.add_argument("--budget", type=int, help="--search: epochs per study (default 20 x --epochs)")
-    parser.add_argument("--train-subset", type=int, help="--search/--packing: training images per trial (default 2000)")
+    parser.add_argument(
+        "--train-subset",
+        type=int,
+        help="--search/--packing: training images per trial (default 2000); --search validates on the rest",
+    )
     parser.add_argument("--warm-start", action="store_true", help="--search: every study starts with the recipe")
     parser.add_argument(
         "--retrain-best",
