@@ -14,6 +14,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import optuna
+
 URL_LINE = re.compile(r"optuna-dashboard: (http://[^/\s]+)/dashboard/studies/(\d+)")
 
 
@@ -93,8 +95,12 @@ def replay_with_artifacts(study, source, artifact_store) -> tuple[object, list[s
     does; returns the told trial and its artifact ids."""
     from hpo.notes import upload_trial_artifacts
 
-    study.enqueue_trial(source.params)
-    trial = study.ask(fixed_distributions=source.distributions)  # the same parameters, as the dashboard shows them
+    # A running trial with the same parameters, created directly: enqueue + ask would pop a trial that a search
+    # left queued (WAITING) before this one.
+    template = optuna.trial.create_trial(
+        state=optuna.trial.TrialState.RUNNING, params=source.params, distributions=source.distributions
+    )
+    trial = optuna.Trial(study, study._storage.create_new_trial(study._study_id, template_trial=template))
     for key, value in source.user_attrs.items():
         trial.set_user_attr(key, value)
     for step, value in source.intermediate_values.items():
