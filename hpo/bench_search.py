@@ -332,10 +332,12 @@ def print_table(table: pd.DataFrame, budget: int) -> None:
 def print_retrain_table(table: pd.DataFrame) -> None:
     print(f"| strategy | studies | best validation (mean) | retrained test (mean ± 95 % CI) | vs {BASELINE} (paired) |")
     print("|---|--:|--:|---|--:|")
-    for r in table.itertuples(index=False):
-        p = r[5]
-        versus = "baseline" if r.strategy == BASELINE else f"{r[4]:+.4f}" + ("" if math.isnan(p) else f" (p = {p:.2g})")
-        print(f"| {r.strategy} | {r.studies} | {r[2]:.4f} | {r[3]} | {versus} |")
+    for _, r in table.iterrows():
+        p = r["p (paired)"]
+        versus = f"{r['vs baseline']:+.4f}" + ("" if math.isnan(p) else f" (p = {p:.2g})")
+        if r.strategy == BASELINE:
+            versus = "baseline"
+        print(f"| {r.strategy} | {r.studies} | {r['best validation']:.4f} | {r['retrained test']} | {versus} |")
 
 
 def plot(curves: pd.DataFrame, budget: int, path: Path) -> None:

@@ -22,14 +22,15 @@ class Summary:
         return asdict(self)
 
     def __str__(self) -> str:
-        half = (self.ci_high - self.ci_low) / 2
-        return f"{self.mean:.4f} ± {half:.4f} (95% CI, n={self.n}, sd {self.std:.4f})"
+        return f"{self.mean:.4f} ± {self.half_width:.4f} (95% CI, n={self.n}, sd {self.std:.4f})"
+
+    @property
+    def half_width(self) -> float:
+        return (self.ci_high - self.ci_low) / 2
 
     def mean_ci(self) -> str:
         """``mean ± half-width`` of the 95 % CI; the mean alone for a single value (it has no CI)."""
-        if self.n < 2:
-            return f"{self.mean:.4f}"
-        return f"{self.mean:.4f} ± {(self.ci_high - self.ci_low) / 2:.4f}"
+        return f"{self.mean:.4f} ± {self.half_width:.4f}" if self.n > 1 else f"{self.mean:.4f}"
 
 
 def summarize(values: list[float]) -> Summary:
