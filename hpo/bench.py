@@ -341,6 +341,20 @@ def main(argv: list[str] | None = None) -> int:
         metavar="K",
         help="--search: retrain each study's best trial with K fresh seeds and score it on the test set",
     )
+    parser.add_argument(
+        "--oracle",
+        type=int,
+        default=0,
+        metavar="N",
+        help="--search: rerun the N best configs on fresh seeds; the best, rerun, bounds the epochs any strategy "
+        "needs to reach random search's best",
+    )
+    parser.add_argument(
+        "--oracle-runs", type=int, default=32, metavar="K", help="--search --oracle: the oracle's fresh runs (32)"
+    )
+    parser.add_argument(
+        "--curves", metavar="FILE", help="--search: the studies of an earlier run (its search-bench-curves.csv)"
+    )
     parser.add_argument("--jobs", type=int, default=default_jobs(), help="--search: studies at once (CPU)")
     parser.add_argument("--out", default="reports", help="--search: folder for the curves CSV and the plot")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes for the baseline")
@@ -348,18 +362,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, nargs="+", help="--packing: trials per device to compare (default 1 2 3 4)")
     parser.add_argument("--n-trials", type=int, help="--packing: trials per K (default 8 on CPU, 32 on GPU)")
     args = parser.parse_args(argv)
-    for name in ("seeds", "epochs", "batch_size", "budget", "jobs", "n_trials"):
+    for name in ("seeds", "epochs", "batch_size", "budget", "jobs", "n_trials", "oracle_runs"):
         value = getattr(args, name)
         if value is not None and value < 1:
             raise HpoError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if args.tile_to < 0 or args.workers < 0 or (args.train_subset or 0) < 0 or args.retrain_best < 0:
-        raise HpoError("--tile-to, --workers, --train-subset and --retrain-best must be >= 0")
+    if min(args.tile_to, args.workers, args.train_subset or 0, args.retrain_best, args.oracle) < 0:
+        raise HpoError("--tile-to, --workers, --train-subset, --retrain-best and --oracle must be >= 0")
     if args.search + args.ablation + args.packing + args.augment_only + bool(args.variants) > 1:
         raise HpoError(
             "--search, --ablation, --packing, --variants and --augment-only are separate benchmarks: pass one"
         )
-    if args.retrain_best and not args.search:
-        raise HpoError("--retrain-best is for --search: pass both, or leave --retrain-best out")
+    for name in ("retrain_best", "oracle", "curves"):
+        if getattr(args, name) and not args.search:
+            flag = "--" + name.replace("_", "-")
+            raise HpoError(f"{flag} is for --search: pass both, or leave {flag} out")
     if any(k < 1 for k in args.k or []):
         raise HpoError(f"--k values must be at least 1, got {args.k}")
 

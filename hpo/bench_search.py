@@ -9,6 +9,9 @@ seconds); the table gives, per strategy, the final best and the epochs it needed
 (random search without pruning) final best of the same seed, and the plot the mean best-so-far against epochs.
 With ``--retrain-best K`` each study's best trial is retrained on K fresh seeds and scored on the test set, which
 tells how good the chosen configurations are, free of the selection on validation noise that inflates a best score.
+With ``--oracle N`` (``hpo.bench_oracle``) the best config the studies found is rerun on fresh seeds, which bounds
+how soon any strategy can expect to reach random search's final best. ``--curves FILE`` reads the studies of an
+earlier run back from its curves CSV instead of running them again (for ``--retrain-best`` and ``--oracle``).
 
 The studies run in ``--jobs`` processes of one thread each (2 jobs use both cores of a 2-core machine better than
 one study on 2 threads).
@@ -362,7 +365,46 @@ def plot(curves: pd.DataFrame, budget: int, path: Path) -> None:
     plt.close(fig)
 
 
+CURVE_COLUMNS = (
+    "strategy",
+    "seed",
+    "trial",
+    "epochs",
+    "seconds",
+    "best",
+    "pruned",
+    "val_acc_curve",
+    "val_loss_curve",
+    "params",
+)
+
+
+def load_curves(path: str, bench: BenchSettings) -> pd.DataFrame:
+    """The studies of an earlier run (its ``search-bench-curves.csv``), checked against ``bench`` where the file can
+    tell: the longest trial must be ``bench.epochs`` and every study must have stopped at ``bench.budget``."""
+    try:
+        curves = pd.read_csv(path)
+    except (OSError, ValueError) as exc:
+        raise HpoError(f"cannot read --curves {path}: {exc}") from None
+    missing = [c for c in CURVE_COLUMNS if c not in curves.columns]
+    if missing:
+        raise HpoError(f"--curves {path} is not a search-bench-curves.csv: no column {', '.join(missing)}")
+    if BASELINE not in set(curves.strategy):
+        raise HpoError(f"--curves {path} has no {BASELINE} studies to compare the others with")
+    longest = max(len(json.loads(c)) for c in curves.val_acc_curve)
+    spent = curves.groupby(["strategy", "seed"]).epochs.max()
+    if longest != bench.epochs or not spent.between(bench.budget, bench.budget + bench.epochs - 1).all():
+        raise HpoError(
+            f"--curves {path} holds trials of up to {longest} epochs and studies of {spent.min()}-{spent.max()} "
+            f"epochs, not --epochs {bench.epochs} and --budget {bench.budget}: pass the --epochs, --budget, "
+            "--widths, --train-subset and --batch-size of the run that wrote it"
+        )
+    return curves
+
+
 def search_benchmark(args, device: torch.device) -> None:
+    if args.curves and args.strategies:
+        raise HpoError("--curves reads the studies of an earlier run, strategies included: leave out --strategies")
     strategies = list(dict.fromkeys(args.strategies or DEFAULT_STRATEGIES))
     for strategy in strategies:
         parse_strategy(strategy)
@@ -383,14 +425,18 @@ def search_benchmark(args, device: torch.device) -> None:
         raise HpoError("--jobs > 1 is for the CPU; on a GPU run the studies one at a time (--jobs 1)")
     # A bad --data-dir fails here with one line, not in a worker process.
     train_split, val_split = bench_splits(load_cifar10(args.data_dir), bench.search_settings(BASELINE, 0))
-    print(
-        f"search benchmark on {device}: {len(strategies)} strategies x {args.seeds} study seeds, "
+    setup = (
         f"{bench.budget} epochs per study (trials of up to {epochs} epochs, widths "
         f"{'/'.join(map(str, bench.widths))}, batch {bench.batch_size}, {len(train_split)} training images, "
-        f"{len(val_split)} validation images), warm start {'on' if bench.warm_start else 'off'}, {args.jobs} jobs",
-        flush=True,
+        f"{len(val_split)} validation images), warm start {'on' if bench.warm_start else 'off'}, {args.jobs} jobs"
     )
-    curves = run_benchmark(bench, strategies, args.seeds, args.jobs)
+    if args.curves:
+        curves = load_curves(args.curves, bench)
+        studies = curves.groupby(["strategy", "seed"], sort=False).ngroups
+        print(f"search benchmark on {device}: the {studies} studies of {args.curves}, read back, not rerun; {setup}")
+    else:
+        print(f"search benchmark on {device}: {len(strategies)} strategies x {args.seeds} study seeds, {setup}")
+        curves = run_benchmark(bench, strategies, args.seeds, args.jobs)
     table = summary_table(curves, bench.budget)
     print()
     print_table(table, bench.budget)
@@ -410,9 +456,24 @@ def search_benchmark(args, device: torch.device) -> None:
         best = retrain_best(bench, curves, args.retrain_best, args.jobs)
         best.to_csv(out / "search-bench-retrained.csv", index=False)
         print_retrain_table(retrain_table(best))
-    curves.to_csv(out / "search-bench-curves.csv", index=False)
+    if args.oracle:
+        from hpo.bench_oracle import oracle_bound, print_oracle  # it builds on this module
+
+        print("\noracle bound: the best config the studies found, run again and again on fresh seeds:", flush=True)
+        screened, oracle, final, per_seed = oracle_bound(bench, curves, args.oracle, args.oracle_runs, args.jobs)
+        print_oracle(screened, oracle, final, per_seed, table, bench.epochs, bench.budget)
+        screened["oracle"] = screened.index == oracle.name
+        screened["oracle_runs"] = [json.dumps(final) if chosen else "" for chosen in screened.oracle]
+        screened.fresh_runs = screened.fresh_runs.map(json.dumps)
+        screened.to_csv(out / "search-bench-oracle.csv", index=False)
+    written = [f"plot: {out / 'search-bench.png'}"]
+    if not args.curves:  # read back, the curves are already on disk
+        curves.to_csv(out / "search-bench-curves.csv", index=False)
+        written.insert(0, f"curves: {out / 'search-bench-curves.csv'}")
+    if args.oracle:
+        written.append(f"oracle: {out / 'search-bench-oracle.csv'}")
     plot(curves, bench.budget, out / "search-bench.png")
-    print(f"\ncurves: {out / 'search-bench-curves.csv'}; plot: {out / 'search-bench.png'}")
+    print("\n" + "; ".join(written))
 
 
 def default_jobs() -> int:

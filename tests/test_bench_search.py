@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from hpo.bench import main
+from hpo.bench_oracle import candidates, expected_epochs, mean_epochs_ci
 from hpo.bench_search import (
     BASELINE,
     BenchSettings,
@@ -291,3 +292,156 @@ def test_cli_retrains_the_best_of_each_study(tiny_data_dir, tmp_path, capsys):
     assert rows[1].rstrip().endswith("| baseline |")
     retrained = pd.read_csv(out / "search-bench-retrained.csv")
     assert len(retrained) == 4 and retrained.test_runs.map(lambda r: len(json.loads(r))).eq(1).all()
+
+
+# ---- the oracle bound (hpo.bench_oracle) ------------------------------------------------------------------
+
+
+def test_oracle_expected_epochs_is_a_capped_geometric_mean():
+    assert expected_epochs(1.0, 6, 120) == pytest.approx(6)  # the first run reaches it
+    assert expected_epochs(0.0, 6, 120) == pytest.approx(120)  # never: the whole budget, as in the table
+    # p = 1/2, 2 trials fit: 6 epochs half the time, 12 a quarter, the budget (12) the last quarter
+    assert expected_epochs(0.5, 6, 12) == pytest.approx(6 * 0.5 + 12 * 0.25 + 12 * 0.25)
+    assert expected_epochs(0.1, 6, 10_000) == pytest.approx(60, rel=1e-6)  # uncapped: epochs / p
+
+
+def test_oracle_candidates_are_the_best_distinct_full_length_unpruned_configs():
+    curves = _studies(
+        [
+            ("tpe:hyperband", 0, 0, False, [0.2, 0.5], 10.0),
+            ("tpe:hyperband", 0, 1, True, [0.2, 0.9], 20.0),  # pruned at the last epoch: not a candidate
+            ("tpe:hyperband", 0, 2, False, [0.9], 30.0),  # stopped early: not a candidate
+            ("tpe:none", 0, 0, False, [0.2, 0.6], 10.0),  # tpe:none proposes what tpe:hyperband did: one config
+            (BASELINE, 0, 0, False, [0.1, 0.4], 50.0),
+            (BASELINE, 1, 0, False, [0.1, 0.7], 60.0),
+        ]
+    )
+    chosen = candidates(curves, epochs=2, n=3)
+    assert [json.loads(p)["lr_decoupled"] for p in chosen.params] == [60.0, 10.0, 50.0]
+    assert list(chosen.search_acc) == [0.7, 0.5, 0.4]  # the config's first trial's score
+    assert len(candidates(curves, epochs=2, n=2)) == 2
+
+
+def test_oracle_picks_the_best_fresh_mean_and_scores_new_runs_against_each_seeds_random_best(monkeypatch):
+    import hpo.bench_oracle as bench_oracle
+
+    # Fresh accuracy by config: lr 10 scored best in the search but is worse on fresh seeds than lr 20.
+    fresh = {10.0: 0.50, 20.0: 0.55}
+    calls = []
+
+    def fake_runs(bench, params, seeds, threads=1):
+        calls.append((params["lr_decoupled"], tuple(seeds)))
+        return [fresh[params["lr_decoupled"]] + (0.1 if s % 2 else 0.0) for s in seeds]  # odd seeds 0.1 higher
+
+    monkeypatch.setattr(bench_oracle, "validation_runs", fake_runs)
+    curves = _studies(
+        [
+            ("tpe:hyperband", 0, 0, False, [0.3, 0.62], 10.0),
+            ("tpe:hyperband", 0, 1, False, [0.3, 0.58], 20.0),
+            (BASELINE, 0, 0, False, [0.3, 0.5], 30.0),
+            (BASELINE, 1, 0, False, [0.3, 0.5], 40.0),
+            (BASELINE, 2, 0, False, [0.3, 0.5], 50.0),
+        ]
+    )
+    # Random's final best: seed 0 0.6 (half of the runs, 0.55 and 0.65, reach it), seed 1 0.65 (equal reaches it
+    # too), seed 2 0.66 (none does).
+    curves["best"] = [0.62, 0.62, 0.6, 0.65, 0.66]
+    bench = BenchSettings("unused", 2, (8, 16, 16), 30, 16, budget=4, warm_start=False)
+    screened, oracle, final, per_seed = bench_oracle.oracle_bound(bench, curves, n=2, runs=4, jobs=1)
+    screen = [c for c in calls if c[1][0] < bench_oracle.ORACLE_SEED_BASE]
+    assert sorted({c[0] for c in screen}) == [10.0, 20.0]  # the two best by search score
+    assert sorted(c[1][0] for c in screen if c[0] == 10.0) == list(range(5000, 5000 + bench_oracle.SCREEN_SEEDS))
+    assert json.loads(oracle.params)["lr_decoupled"] == 20.0  # best fresh mean, not best search score
+    assert [c for c in calls if c[1][0] >= bench_oracle.ORACLE_SEED_BASE] == [(20.0, (s,)) for s in range(9000, 9004)]
+    assert final == pytest.approx([0.55, 0.65, 0.55, 0.65])
+    rows = per_seed.set_index("seed")
+    assert list(rows.target) == [0.6, 0.65, 0.66] and list(rows.p) == [0.5, 0.5, 0.0]
+    assert rows.loc[0, "oracle epochs"] == pytest.approx(expected_epochs(0.5, 2, 4))
+    assert rows.loc[2, "oracle epochs"] == 4  # never: the budget
+
+
+def test_oracle_runs_train_like_a_trial_and_score_on_the_validation_images(tiny_data_dir, monkeypatch):
+    import hpo.bench_oracle as bench_oracle
+
+    calls = []
+
+    def fake_train(config, train_data, eval_data, device):
+        calls.append((config.seed, config.lr, len(train_data), len(eval_data)))
+        return type("Result", (), {"val_acc": 0.5})()
+
+    monkeypatch.setattr(bench_oracle, "train", fake_train)
+    bench = BenchSettings(str(tiny_data_dir), 1, (8, 16, 16), 30, 16, budget=1, warm_start=False)
+    params = {"lr_decoupled": 8.0, "wd_decoupled": 0.01, "momentum": 0.8, "dropout": 0.0}
+    params.update(augmentation="flip", scheduler="cosine")
+    assert bench_oracle.validation_runs(bench, params, [7, 9]) == [0.5, 0.5]
+    assert [c[0] for c in calls] == [7, 9]
+    assert {c[2:] for c in calls} == {(30, 70)}  # the benchmark's 30 training images; its 70 validation images
+
+
+def test_cli_oracle_reads_back_an_earlier_run_without_rerunning_it(tiny_data_dir, tmp_path, capsys, monkeypatch):
+    import hpo.bench_search as bench_search
+
+    first, second = tmp_path / "first", tmp_path / "second"
+    args = ["--search", "--data-dir", str(tiny_data_dir), "--seeds", "2", "--budget", "4", "--jobs", "1", *TINY]
+    assert main([*args, "--strategies", "tpe:hyperband", "--out", str(first)]) == 0
+    table = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| tpe:hyperband")]
+
+    def no_studies(*_args, **_kwargs):
+        raise AssertionError("--curves must not rerun the studies")
+
+    monkeypatch.setattr(bench_search, "run_benchmark", no_studies)
+    curves = str(first / "search-bench-curves.csv")
+    assert main([*args, "--curves", curves, "--oracle", "2", "--oracle-runs", "3", "--out", str(second)]) == 0
+    text = capsys.readouterr().out
+    assert f"the 4 studies of {curves}, read back, not rerun" in text
+    assert [line for line in text.splitlines() if line.startswith("| tpe:hyperband")] == table  # same table
+    seeds = [line for line in text.split("| study seed |")[1].splitlines()[2:] if line.startswith("| ")]
+    assert [r.split("|")[1].strip() for r in seeds] == ["0", "1", "mean"]
+    assert "epochs to reach random's final best, mean over seeds: oracle " in text
+    oracle = pd.read_csv(second / "search-bench-oracle.csv")
+    assert len(oracle) == 2 and oracle.oracle.sum() == 1
+    assert oracle.fresh_runs.map(lambda r: len(json.loads(r))).eq(8).all()
+    assert len(json.loads(oracle.oracle_runs[oracle.oracle].iloc[0])) == 3
+    assert not (second / "search-bench-curves.csv").exists()  # read back, not written again
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--search", "--curves", "missing.csv"], "cannot read --curves missing.csv"),
+        (["--search", "--curves", "{curves}", "--epochs", "3"], "pass the --epochs, --budget"),
+        (["--search", "--curves", "{curves}", "--budget", "9"], "pass the --epochs, --budget"),
+        (["--search", "--curves", "{other}"], "is not a search-bench-curves.csv: no column"),
+        (["--search", "--curves", "{curves}", "--strategies", "tpe:none"], "leave out --strategies"),
+        (["--oracle", "2"], "--oracle is for --search"),
+        (["--curves", "x.csv"], "--curves is for --search"),
+        (["--search", "--oracle", "-1"], "--oracle must be >= 0"),
+        (["--search", "--oracle", "2", "--oracle-runs", "0"], "--oracle-runs must be at least 1"),
+    ],
+)
+def test_bad_curves_or_oracle_flags_are_one_line(tiny_data_dir, tmp_path, flags, message, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    curves = pd.concat([_curve(BASELINE, 0, [2, 4], [0.3, 0.4]), _curve("tpe:none", 0, [1, 4], [0.2, 0.4])])
+    curves["val_acc_curve"] = json.dumps([0.2, 0.4])  # trials of 2 epochs
+    curves["val_loss_curve"] = json.dumps([2.0, 1.9])
+    curves["params"] = "{}"
+    curves.to_csv(tmp_path / "curves.csv", index=False)
+    curves.drop(columns="params").to_csv(tmp_path / "other.csv", index=False)
+    flags = [f.format(curves="curves.csv", other="other.csv") for f in flags]
+    base = ["--data-dir", str(tiny_data_dir), "--budget", "4", "--jobs", "1", *TINY]
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main([*base, *flags]))
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0], err
+
+
+def test_oracle_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_runs():
+    few = [0.6, 0.5, 0.5, 0.5]  # p = 1/4 against a target of 0.6
+    many = few * 16
+    estimate = expected_epochs(0.25, 6, 120)
+    low, high = mean_epochs_ci(few, [0.6], 6, 120)
+    assert low <= estimate <= high and low < high
+    low_many, high_many = mean_epochs_ci(many, [0.6], 6, 120)
+    assert low <= low_many <= estimate <= high_many <= high and high_many - low_many < (high - low) / 2
+    assert mean_epochs_ci([0.7] * 8, [0.6, 0.65], 6, 120) == (6.0, 6.0)  # every run reaches both targets

@@ -1,0 +1,161 @@
+"""How soon could *any* strategy reach random search's final best? The oracle bound of ``bench --search --oracle N``.
+
+A trial's validation score is one draw of a noisy quantity: the same config on another training seed scores about
+a point higher or lower at the benchmark's size. Random search's final best of 20 trials is therefore partly its
+luckiest draw, and "epochs to reach it" partly a lottery that no sampler or pruner can win on purpose. The oracle
+measures how much:
+
+1. it takes the ``N`` best full-length configs of all the benchmark's studies (by their search score) and trains
+   each on ``SCREEN_SEEDS`` fresh seeds, scored on the same validation images; the gap between their search score
+   and their fresh mean is the winner's curse;
+2. the config with the best fresh mean is the oracle: the best config the studies found. It trains on ``runs`` new
+   seeds (the screening runs are not reused, so the choice does not inflate them);
+3. for each study seed, ``p`` is the share of those runs that reach random search's final best of that seed, and an
+   oracle that did nothing but run that config at full length would need ``E[min(epochs * G, budget)]`` epochs to
+   reach it, ``G`` geometric with ``p`` (a study that never reaches it counts as the budget, as in the table).
+
+No strategy has to beat that by chance alone: it must first *find* the config, so the oracle's mean is a lower bound
+on what a strategy can expect on these seeds (up to configs better than any the studies ran).
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+from concurrent.futures import ProcessPoolExecutor
+
+import numpy as np
+import pandas as pd
+import torch
+
+from hpo.bench_search import BASELINE, BenchSettings, bench_splits
+from hpo.data import load_cifar10
+from hpo.space import SearchSpace
+from hpo.stats import summarize
+from hpo.train import train
+
+SCREEN_SEEDS = 8
+# Fresh training seeds: no trial of a benchmark study has them (study seed s, trial n trains on s * 1_000_003 + n).
+SCREEN_SEED_BASE = 5000
+ORACLE_SEED_BASE = 9000
+
+
+def validation_runs(bench: BenchSettings, params: dict, seeds: list[int], threads: int = 1) -> list[float]:
+    """Validation accuracy of the config ``params`` gives, trained once per seed exactly as a benchmark trial is."""
+    torch.set_num_threads(threads)
+    settings = bench.search_settings(BASELINE, 0)
+    train_split, val_split = bench_splits(load_cifar10(bench.data_dir), settings)
+    config = SearchSpace.to_config(params, settings.base_config())
+    device = torch.device(bench.device)
+    train_data, val_data = train_split.to(device), val_split.to(device)
+    return [train(config.replace(seed=seed), train_data, val_data, device).val_acc for seed in seeds]
+
+
+def candidates(curves: pd.DataFrame, epochs: int, n: int) -> pd.DataFrame:
+    """The ``n`` distinct configs with the highest final validation accuracy among all studies' full-length,
+    unpruned trials (the first trial of each config, the first ones on ties)."""
+    accuracy = curves.val_acc_curve.map(json.loads)
+    full = curves[accuracy.map(len).eq(epochs) & ~curves.pruned.astype(bool)].copy()
+    full["search_acc"] = accuracy[full.index].map(lambda a: a[-1])
+    full = full.drop_duplicates("params").sort_values("search_acc", ascending=False, kind="stable")
+    return full.head(n)[["strategy", "seed", "trial", "search_acc", "params"]].reset_index(drop=True)
+
+
+def expected_epochs(p: float, epochs: int, budget: int) -> float:
+    """E[min(epochs * G, budget)] for G ~ Geometric(p) on 1, 2, ...: the epochs an oracle running full-length
+    trials that each reach the target with chance ``p`` spends until one does, capped at the budget."""
+    trials = budget // epochs  # trials that fit; if none of them reaches the target the study counts as the budget
+    q = 1.0 - p
+    reach = sum(k * epochs * p * q ** (k - 1) for k in range(1, trials + 1))
+    return reach + budget * q**trials
+
+
+def mean_epochs_ci(
+    final: list[float], targets: list[float], epochs: int, budget: int, resamples: int = 2000
+) -> tuple[float, float]:
+    """95 % bootstrap interval of the oracle's expected epochs, mean over the seeds' ``targets``, from resampling its
+    runs: how much the finite number of runs leaves ``p`` uncertain (the targets themselves are fixed)."""
+    rng = np.random.default_rng(0)
+    runs = np.asarray(final)
+    means = []
+    for _ in range(resamples):
+        sample = rng.choice(runs, size=len(runs), replace=True)
+        means.append(np.mean([expected_epochs(float(np.mean(sample >= t - 1e-12)), epochs, budget) for t in targets]))
+    low, high = np.percentile(means, [2.5, 97.5])
+    return float(low), float(high)
+
+
+def oracle_bound(
+    bench: BenchSettings, curves: pd.DataFrame, n: int, runs: int, jobs: int
+) -> tuple[pd.DataFrame, pd.Series, list[float], pd.DataFrame]:
+    """The screened candidates (with their fresh runs), the oracle (the best fresh mean), its ``runs`` new runs,
+    and per study seed of the baseline: its final best, the share of the oracle's runs reaching it, and the
+    oracle's expected epochs to reach it."""
+    screened = candidates(curves, bench.epochs, n)
+    oracle_seeds = [ORACLE_SEED_BASE + k for k in range(runs)]
+    # One task per run, so that the runs spread evenly over the jobs (map keeps their order).
+    screen = [(json.loads(p), SCREEN_SEED_BASE + k) for p in screened.params for k in range(SCREEN_SEEDS)]
+    done = _map(bench, screen, jobs)
+    screened["fresh_runs"] = [done[i : i + SCREEN_SEEDS] for i in range(0, len(done), SCREEN_SEEDS)]
+    screened["fresh_mean"] = screened.fresh_runs.map(np.mean)
+    oracle = screened.loc[screened.fresh_mean.idxmax()]  # the first one on ties
+    final = _map(bench, [(json.loads(oracle.params), seed) for seed in oracle_seeds], jobs)
+    targets = curves[curves.strategy == BASELINE].groupby("seed").best.max()
+    rows = []
+    for seed, target in targets.items():
+        p = float(np.mean([acc >= target - 1e-12 for acc in final]))
+        rows.append(
+            {
+                "seed": int(seed),
+                "target": float(target),
+                "p": p,
+                "oracle epochs": expected_epochs(p, bench.epochs, bench.budget),
+            }
+        )
+    return screened, oracle, final, pd.DataFrame(rows)
+
+
+def _map(bench: BenchSettings, runs: list[tuple[dict, int]], jobs: int) -> list[float]:
+    """Validation accuracy of each (params, seed) run, ``jobs`` at a time."""
+    if jobs == 1:
+        return [validation_runs(bench, params, [seed], threads=torch.get_num_threads())[0] for params, seed in runs]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return [r[0] for r in pool.map(validation_runs, *zip(*[(bench, params, [seed]) for params, seed in runs]))]
+
+
+def print_oracle(
+    screened: pd.DataFrame,
+    oracle: pd.Series,
+    final: list[float],
+    per_seed: pd.DataFrame,
+    table: pd.DataFrame,
+    epochs: int,
+    budget: int,
+) -> None:
+    """The screening, the oracle's runs, and per seed what it would need against what each strategy needed."""
+    curse = screened.search_acc - screened.fresh_mean
+    print(
+        f"the {len(screened)} best configs by search score ({screened.search_acc.min():.4f}-"
+        f"{screened.search_acc.max():.4f}), each on {SCREEN_SEEDS} fresh seeds: fresh means "
+        f"{screened.fresh_mean.min():.4f}-{screened.fresh_mean.max():.4f}; search score - fresh mean "
+        f"{curse.mean():+.4f} on average (the winner's curse)"
+    )
+    print(
+        f"oracle: {oracle.strategy} seed {oracle.seed} trial {oracle.trial} (search {oracle.search_acc:.4f}, "
+        f"fresh mean {oracle.fresh_mean:.4f}); {len(final)} new runs: {summarize(final)}, "
+        f"max {max(final):.4f}"
+    )
+    print("\n| study seed | random's final best | oracle runs reaching it | oracle's expected epochs |")
+    print("|--:|--:|--:|--:|")
+    for r in per_seed.itertuples(index=False):
+        print(f"| {r.seed} | {r.target:.4f} | {r.p:.0%} | {r[3]:.1f} |")
+    mean = per_seed["oracle epochs"].mean()
+    low, high = mean_epochs_ci(final, list(per_seed.target), epochs, budget)
+    measured = ", ".join(
+        f"{r.strategy} {'≥ ' if r[table.columns.get_loc('lower bound')] else ''}"
+        f"{r[table.columns.get_loc('epochs to baseline best')]:.1f}"
+        for r in table.itertuples(index=False)
+        if r.strategy != BASELINE
+    )
+    print(f"| mean | | | **{mean:.1f}** (95 % bootstrap CI over the runs {low:.1f}-{high:.1f}) |")
+    print(f"\nepochs to reach random's final best, mean over seeds: oracle {mean:.1f}; measured: {measured}")
