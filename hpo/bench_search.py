@@ -230,19 +230,24 @@ def best_trials(curves: pd.DataFrame, epochs: int) -> pd.DataFrame:
 RETRAIN_SEED_BASE = 100  # retraining seeds 100, 101, ...: none of them is a trial's seed in a short benchmark
 
 
-def retrain_on_test(bench: BenchSettings, params: dict, seeds: int, threads: int = 1) -> list[float]:
-    """Test accuracy of the config ``params`` gives, trained ``seeds`` times on fresh seeds on the benchmark's
-    training images: an estimate of the chosen config's quality free of the selection on validation noise."""
+def fresh_runs(bench: BenchSettings, params: dict, seeds: list[int], split: str, threads: int = 1) -> list[float]:
+    """Accuracy on ``split`` ("validation": the benchmark's validation images, "test": the test set) of the config
+    ``params`` gives, trained once per seed on the benchmark's training images, as a trial is."""
     torch.set_num_threads(threads)
     data = load_cifar10(bench.data_dir)
     settings = bench.search_settings(BASELINE, 0)
-    train_split, _ = bench_splits(data, settings)
+    train_split, val_split = bench_splits(data, settings)
+    scored = {"validation": val_split, "test": data.test}[split]
     config = SearchSpace.to_config(params, settings.base_config())
     device = torch.device(bench.device)
-    train_data, test_data = train_split.to(device), data.test.to(device)
-    return [
-        train(config.replace(seed=RETRAIN_SEED_BASE + k), train_data, test_data, device).val_acc for k in range(seeds)
-    ]
+    train_data, eval_data = train_split.to(device), scored.to(device)
+    return [train(config.replace(seed=seed), train_data, eval_data, device).val_acc for seed in seeds]
+
+
+def retrain_on_test(bench: BenchSettings, params: dict, seeds: int, threads: int = 1) -> list[float]:
+    """Test accuracy of the config ``params`` gives, trained ``seeds`` times on fresh seeds on the benchmark's
+    training images: an estimate of the chosen config's quality free of the selection on validation noise."""
+    return fresh_runs(bench, params, [RETRAIN_SEED_BASE + k for k in range(seeds)], "test", threads)
 
 
 def retrain_best(bench: BenchSettings, curves: pd.DataFrame, seeds: int, jobs: int) -> pd.DataFrame:

@@ -329,11 +329,12 @@ def test_oracle_picks_the_best_fresh_mean_and_scores_new_runs_against_each_seeds
     fresh = {10.0: 0.50, 20.0: 0.55}
     calls = []
 
-    def fake_runs(bench, params, seeds, threads=1):
+    def fake_runs(bench, params, seeds, split, threads=1):
+        assert split == "validation"
         calls.append((params["lr_decoupled"], tuple(seeds)))
         return [fresh[params["lr_decoupled"]] + (0.1 if s % 2 else 0.0) for s in seeds]  # odd seeds 0.1 higher
 
-    monkeypatch.setattr(bench_oracle, "validation_runs", fake_runs)
+    monkeypatch.setattr(bench_oracle, "fresh_runs", fake_runs)
     curves = _studies(
         [
             ("tpe:hyperband", 0, 0, False, [0.3, 0.62], 10.0),
@@ -360,22 +361,23 @@ def test_oracle_picks_the_best_fresh_mean_and_scores_new_runs_against_each_seeds
     assert rows.loc[2, "oracle epochs"] == 4  # never: the budget
 
 
-def test_oracle_runs_train_like_a_trial_and_score_on_the_validation_images(tiny_data_dir, monkeypatch):
-    import hpo.bench_oracle as bench_oracle
+def test_fresh_runs_train_like_a_trial_and_score_on_the_validation_images_or_the_test_set(tiny_data_dir, monkeypatch):
+    import hpo.bench_search as bench_search
 
     calls = []
 
     def fake_train(config, train_data, eval_data, device):
-        calls.append((config.seed, config.lr, len(train_data), len(eval_data)))
+        calls.append((config.seed, len(train_data), len(eval_data)))
         return type("Result", (), {"val_acc": 0.5})()
 
-    monkeypatch.setattr(bench_oracle, "train", fake_train)
+    monkeypatch.setattr(bench_search, "train", fake_train)
     bench = BenchSettings(str(tiny_data_dir), 1, (8, 16, 16), 30, 16, budget=1, warm_start=False)
     params = {"lr_decoupled": 8.0, "wd_decoupled": 0.01, "momentum": 0.8, "dropout": 0.0}
     params.update(augmentation="flip", scheduler="cosine")
-    assert bench_oracle.validation_runs(bench, params, [7, 9]) == [0.5, 0.5]
-    assert [c[0] for c in calls] == [7, 9]
-    assert {c[2:] for c in calls} == {(30, 70)}  # the benchmark's 30 training images; its 70 validation images
+    assert bench_search.fresh_runs(bench, params, [7, 9], "validation") == [0.5, 0.5]
+    assert calls == [(7, 30, 70), (9, 30, 70)]  # the benchmark's 30 training images; its 70 validation images
+    assert bench_search.fresh_runs(bench, params, [3], "test") == [0.5]
+    assert calls[-1] == (3, 30, 20)  # the 20 test images
 
 
 def test_cli_oracle_reads_back_an_earlier_run_without_rerunning_it(tiny_data_dir, tmp_path, capsys, monkeypatch):
