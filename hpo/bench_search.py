@@ -442,11 +442,15 @@ def search_benchmark(args, device: torch.device) -> None:
     else:
         print(f"search benchmark on {device}: {len(strategies)} strategies x {args.seeds} study seeds, {setup}")
         curves = run_benchmark(bench, strategies, args.seeds, args.jobs)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = [f"plot: {out / 'search-bench.png'}"]
+    if not args.curves:  # at once: a retrain or oracle that fails can then go on from them (--curves)
+        curves.to_csv(out / "search-bench-curves.csv", index=False)
+        written.insert(0, f"curves: {out / 'search-bench-curves.csv'}")
     table = summary_table(curves, bench.budget)
     print()
     print_table(table, bench.budget)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     for signal, what in (("val_acc_curve", "validation accuracy"), ("val_loss_curve", "validation loss (negated)")):
         correlations = rank_correlations(curves, epochs, signal)
         if len(correlations):
@@ -471,10 +475,6 @@ def search_benchmark(args, device: torch.device) -> None:
         screened["oracle_runs"] = [json.dumps(final) if chosen else "" for chosen in screened.oracle]
         screened.fresh_runs = screened.fresh_runs.map(json.dumps)
         screened.to_csv(out / "search-bench-oracle.csv", index=False)
-    written = [f"plot: {out / 'search-bench.png'}"]
-    if not args.curves:  # read back, the curves are already on disk
-        curves.to_csv(out / "search-bench-curves.csv", index=False)
-        written.insert(0, f"curves: {out / 'search-bench-curves.csv'}")
     if args.oracle:
         written.append(f"oracle: {out / 'search-bench-oracle.csv'}")
     plot(curves, bench.budget, out / "search-bench.png")

@@ -447,3 +447,18 @@ def test_oracle_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_r
     low_many, high_many = mean_epochs_ci(many, [0.6], 6, 120)
     assert low <= low_many <= estimate <= high_many <= high and high_many - low_many < (high - low) / 2
     assert mean_epochs_ci([0.7] * 8, [0.6, 0.65], 6, 120) == (6.0, 6.0)  # every run reaches both targets
+
+
+def test_the_curves_are_written_before_a_retrain_that_fails(tiny_data_dir, tmp_path, monkeypatch):
+    import hpo.bench_search as bench_search
+
+    def failing_retrain(*_args, **_kwargs):
+        raise RuntimeError("retrain failed")
+
+    monkeypatch.setattr(bench_search, "retrain_best", failing_retrain)
+    out = tmp_path / "out"
+    args = ["--search", "--data-dir", str(tiny_data_dir), "--seeds", "1", "--budget", "2", "--jobs", "1", *TINY]
+    with pytest.raises(RuntimeError, match="retrain failed"):
+        main([*args, "--strategies", "tpe:median", "--retrain-best", "1", "--out", str(out)])
+    curves = pd.read_csv(out / "search-bench-curves.csv")  # the studies are kept: --curves can go on from them
+    assert set(curves.strategy) == {"tpe:median", BASELINE}
