@@ -21,14 +21,11 @@ unless the space holds a better config than any the studies ran.
 from __future__ import annotations
 
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 
 import numpy as np
 import pandas as pd
-import torch
 
-from hpo.bench_search import BASELINE, BenchSettings, fresh_runs
+from hpo.bench_search import BASELINE, BenchSettings, fresh_runs, map_jobs
 from hpo.stats import summarize
 
 SCREEN_SEEDS = 8
@@ -45,6 +42,11 @@ def candidates(curves: pd.DataFrame, epochs: int, n: int) -> pd.DataFrame:
     full["search_acc"] = accuracy[full.index].map(lambda a: a[-1])
     full = full.drop_duplicates("params").sort_values("search_acc", ascending=False, kind="stable")
     return full.head(n)[["strategy", "seed", "trial", "search_acc", "params"]].reset_index(drop=True)
+
+
+def reach_share(runs: np.ndarray | list[float], target: float) -> float:
+    """The share of ``runs`` at or above ``target`` (equal counts, up to float rounding)."""
+    return float(np.mean(np.asarray(runs) >= target - 1e-12))
 
 
 def expected_epochs(p: float, epochs: int, budget: int) -> float:
@@ -66,7 +68,7 @@ def mean_epochs_ci(
     means = []
     for _ in range(resamples):
         sample = rng.choice(runs, size=len(runs), replace=True)
-        means.append(np.mean([expected_epochs(float(np.mean(sample >= t - 1e-12)), epochs, budget) for t in targets]))
+        means.append(np.mean([expected_epochs(reach_share(sample, t), epochs, budget) for t in targets]))
     low, high = np.percentile(means, [2.5, 97.5])
     return float(low), float(high)
 
@@ -89,7 +91,7 @@ def oracle_bound(
     targets = curves[curves.strategy == BASELINE].groupby("seed").best.max()
     rows = []
     for seed, target in targets.items():
-        p = float(np.mean([acc >= target - 1e-12 for acc in final]))
+        p = reach_share(final, target)
         rows.append(
             {
                 "seed": int(seed),
@@ -104,10 +106,7 @@ def oracle_bound(
 def _map(bench: BenchSettings, runs: list[tuple[dict, int]], jobs: int) -> list[float]:
     """Validation accuracy of each (params, seed) run, trained as a trial is, ``jobs`` at a time."""
     tasks = [(bench, params, [seed], "validation") for params, seed in runs]
-    if jobs == 1:
-        return [fresh_runs(*task, threads=torch.get_num_threads())[0] for task in tasks]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return [accuracy[0] for accuracy in pool.map(fresh_runs, *zip(*tasks))]
+    return [accuracy[0] for accuracy in map_jobs(fresh_runs, tasks, jobs)]
 
 
 def print_oracle(
@@ -134,14 +133,13 @@ def print_oracle(
     )
     print("\n| study seed | random's final best | oracle runs reaching it | oracle's expected epochs |")
     print("|--:|--:|--:|--:|")
-    for r in per_seed.itertuples(index=False):
-        print(f"| {r.seed} | {r.target:.4f} | {r.p:.0%} | {r[3]:.1f} |")
+    for _, r in per_seed.iterrows():
+        print(f"| {r['seed']:.0f} | {r['target']:.4f} | {r['p']:.0%} | {r['oracle epochs']:.1f} |")
     mean = per_seed["oracle epochs"].mean()
     low, high = mean_epochs_ci(final, list(per_seed.target), epochs, budget)
     measured = ", ".join(
-        f"{r.strategy} {'≥ ' if r[table.columns.get_loc('lower bound')] else ''}"
-        f"{r[table.columns.get_loc('epochs to baseline best')]:.1f}"
-        for r in table.itertuples(index=False)
+        f"{r.strategy} {'≥ ' if r['lower bound'] else ''}{r['epochs to baseline best']:.1f}"
+        for _, r in table.iterrows()
         if r.strategy != BASELINE
     )
     print(f"| mean | | | **{mean:.1f}** (95 % bootstrap CI over the runs {low:.1f}-{high:.1f}) |")

@@ -250,15 +250,19 @@ def retrain_on_test(bench: BenchSettings, params: dict, seeds: int, threads: int
     return fresh_runs(bench, params, [RETRAIN_SEED_BASE + k for k in range(seeds)], "test", threads)
 
 
+def map_jobs(function, tasks: list[tuple], jobs: int) -> list:
+    """``function(*task)`` for every task, in order: in this process with its threads when ``jobs`` is 1, else in
+    ``jobs`` fresh single-threaded processes (spawned: no inherited thread pools)."""
+    if jobs == 1:
+        return [function(*task, threads=torch.get_num_threads()) for task in tasks]
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return list(pool.map(function, *zip(*tasks)))
+
+
 def retrain_best(bench: BenchSettings, curves: pd.DataFrame, seeds: int, jobs: int) -> pd.DataFrame:
     """Every study's best trial retrained ``seeds`` times and scored on the test set (``jobs`` at a time)."""
     best = best_trials(curves, bench.epochs)
-    tasks = [(bench, params, seeds) for params in best.params]
-    if jobs == 1:
-        results = [retrain_on_test(*task, threads=torch.get_num_threads()) for task in tasks]
-    else:
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-            results = list(pool.map(retrain_on_test, *zip(*tasks)))
+    results = map_jobs(retrain_on_test, [(bench, params, seeds) for params in best.params], jobs)
     best["test_runs"] = results
     best["test_acc"] = [float(np.mean(r)) for r in results]
     return best
@@ -475,7 +479,6 @@ def search_benchmark(args, device: torch.device) -> None:
         screened["oracle_runs"] = [json.dumps(final) if chosen else "" for chosen in screened.oracle]
         screened.fresh_runs = screened.fresh_runs.map(json.dumps)
         screened.to_csv(out / "search-bench-oracle.csv", index=False)
-    if args.oracle:
         written.append(f"oracle: {out / 'search-bench-oracle.csv'}")
     plot(curves, bench.budget, out / "search-bench.png")
     print("\n" + "; ".join(written))
