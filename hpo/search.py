@@ -180,7 +180,6 @@ def main(argv: list[str] | None = None) -> int:
         write_study_note(study, settings.to_json(), data_text, n_trials)
     train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
     train_split = train_split.first(settings.train_subset)
-    workers = 1 if is_worker else _worker_count(args, device, settings, data_bytes(train_split, val_split))
     started, started_at = time.perf_counter(), datetime.datetime.now()  # Optuna's trial times are naive local
     if is_worker:
         deadline = float(os.environ[DEADLINE_ENV]) if DEADLINE_ENV in os.environ else None
@@ -189,11 +188,19 @@ def main(argv: list[str] | None = None) -> int:
     utilisation = GpuUtilisation() if device.type == "cuda" and not is_worker else None
     sampling = utilisation is not None and utilisation.start()
 
-    if workers > 1:
-        env = {STORAGE_ENV: storage_url, START_ENV: repr(command_start), COUNT_ENV: str(workers)}
-        if deadline is not None:
-            env[DEADLINE_ENV] = repr(deadline)
-        code = _run_workers(argv, env, workers, device, study, n_trials)
+    env = {STORAGE_ENV: storage_url, START_ENV: repr(command_start)}
+    if deadline is not None:
+        env[DEADLINE_ENV] = repr(deadline)
+    pool = WorkerPool(argv, env, device)
+    try:
+        workers = 1 if is_worker else _start_workers(pool, args, device, settings, data_bytes(train_split, val_split))
+    except BaseException:
+        pool.stop()
+        if sampling:
+            utilisation.stop()
+        raise
+    if pool.procs:
+        code = pool.wait(study, n_trials)
     else:
         objective = Objective(
             space=SearchSpace.from_dict(settings.space, source="stored search space"),
@@ -415,6 +422,21 @@ def _device_count(device: torch.device) -> int:
     return torch.cuda.device_count() if device.type == "cuda" else 1
 
 
+def _start_workers(
+    pool: WorkerPool, args: argparse.Namespace, device: torch.device, settings: Settings, data_size: int
+) -> int:
+    """Start this run's worker processes (none when this process runs the trials itself); the worker count.
+    Choosing K on a GPU takes a measurement of several seconds (CUDA start, cuDNN autotuning): the first worker is
+    started before it, so that the first trial's start-up overlaps it instead of following it."""
+    early = _packs_automatically(args, device)
+    if early:
+        pool.start(1)
+    workers = _worker_count(args, device, settings, data_size)
+    if workers > 1 or early:
+        pool.start(workers - len(pool.procs), total=workers)
+    return workers
+
+
 def _worker_count(args: argparse.Namespace, device: torch.device, settings: Settings, data_size: int) -> int:
     """Worker processes for this run: --workers as given, else --trials-per-gpu (or, on a GPU, the K that fits)
     times the devices. Prints the choice when it packs."""
@@ -425,9 +447,10 @@ def _worker_count(args: argparse.Namespace, device: torch.device, settings: Sett
         k, why = args.trials_per_gpu, "--trials-per-gpu"
     elif device.type == "cuda":
         config = settings.base_config().replace(batch_size=_largest_batch(settings))
+        measuring = time.perf_counter()
         free = min(torch.cuda.mem_get_info(i)[0] for i in range(devices))
         k, why = choose_trials_per_gpu(free, measure_trial_peak(config, device), data_size)
-        why = f"auto: {why}"
+        why = f"auto: {why}; measured in {time.perf_counter() - measuring:.1f} s while the first worker started"
     else:
         return 1  # each trial already uses every core
     where = f"per GPU x {devices} GPU(s)" if device.type == "cuda" else "on the CPU, cores split between them"
@@ -441,36 +464,59 @@ def _largest_batch(settings: Settings) -> int:
     return max(spec["choices"]) if isinstance(spec, dict) and "choices" in spec else settings.batch_size
 
 
-def _run_workers(
-    argv: list[str], env: dict[str, str], workers: int, device: torch.device, study: optuna.Study, n_trials: int
-) -> int:
-    """Start ``workers`` copies of this command as worker processes, with ``env`` added to their environment and
-    the visible GPUs dealt out round-robin; show one progress bar over the study."""
-    gpus = _visible_gpus() if device.type == "cuda" else []
-    procs = []
-    worker_argv = [sys.executable, "-m", "hpo.search", *_without_storage(argv)]
-    for i in range(workers):
-        worker_env = {**os.environ, **env}
-        if len(gpus) > 1:
-            worker_env["CUDA_VISIBLE_DEVICES"] = gpus[i % len(gpus)]
-        procs.append(subprocess.Popen([*worker_argv, "--worker-id", str(i)], env=worker_env))
-    finished = lambda: len(study.get_trials(deepcopy=False, states=FINISHED))  # noqa: E731
-    with tqdm(total=n_trials, initial=min(n_trials, finished()), unit="trial", dynamic_ncols=True) as progress:
-        try:
-            while any(p.poll() is None for p in procs):
-                time.sleep(1.0)
-                progress.n = min(n_trials, finished())
-                progress.refresh()
-        except KeyboardInterrupt:
-            # The workers got the same Ctrl-C; let them record their running trials as failed.
-            for p in procs:
-                p.wait()
-            raise
-        progress.n = min(n_trials, finished())
-    codes = [p.returncode for p in procs]
-    if any(codes):
-        raise HpoError(f"worker exit codes {codes}: see the lines above")
-    return 0
+def _packs_automatically(args: argparse.Namespace, device: torch.device) -> bool:
+    """Whether this run chooses its worker count on a GPU by measuring (neither --workers nor --trials-per-gpu)."""
+    return device.type == "cuda" and args.workers is None and args.trials_per_gpu is None
+
+
+class WorkerPool:
+    """Worker processes running this command's search (``--worker-id i``), the visible GPUs dealt out round-robin."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], device: torch.device) -> None:
+        self.command = [sys.executable, "-m", "hpo.search", *_without_storage(argv)]
+        self.env = env
+        self.gpus = _visible_gpus() if device.type == "cuda" else []
+        self.procs: list[subprocess.Popen] = []
+
+    def start(self, count: int, total: int | None = None) -> None:
+        """Start ``count`` more workers; ``total``, when known, is how many will share the machine (on a CPU they
+        split its cores; the early worker of a GPU run is started before it is known, and needs no split)."""
+        for _ in range(count):
+            i = len(self.procs)
+            worker_env = {**os.environ, **self.env}
+            if total is not None:
+                worker_env[COUNT_ENV] = str(total)
+            if len(self.gpus) > 1:
+                worker_env["CUDA_VISIBLE_DEVICES"] = self.gpus[i % len(self.gpus)]
+            self.procs.append(subprocess.Popen([*self.command, "--worker-id", str(i)], env=worker_env))
+
+    def stop(self) -> None:
+        """End the workers (each records its running trial as failed) and wait for them."""
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+        for p in self.procs:
+            p.wait()
+
+    def wait(self, study: optuna.Study, n_trials: int) -> int:
+        """Wait for the workers to end, with one progress bar over the study; 0, or HpoError if any failed."""
+        finished = lambda: len(study.get_trials(deepcopy=False, states=FINISHED))  # noqa: E731
+        with tqdm(total=n_trials, initial=min(n_trials, finished()), unit="trial", dynamic_ncols=True) as progress:
+            try:
+                while any(p.poll() is None for p in self.procs):
+                    time.sleep(1.0)
+                    progress.n = min(n_trials, finished())
+                    progress.refresh()
+            except KeyboardInterrupt:
+                # The workers got the same Ctrl-C; let them record their running trials as failed.
+                for p in self.procs:
+                    p.wait()
+                raise
+            progress.n = min(n_trials, finished())
+        codes = [p.returncode for p in self.procs]
+        if any(codes):
+            raise HpoError(f"worker exit codes {codes}: see the lines above")
+        return 0
 
 
 def _visible_gpus() -> list[str]:

@@ -68,3 +68,34 @@ def test_worker_count_on_gpus_is_k_per_gpu_from_memory_unless_given(monkeypatch,
     assert count("--trials-per-gpu", "3") == 6 and count("--workers", "5") == 5 and len(measured) == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert _visible_gpus() == ["2", "3"]  # workers are dealt the GPUs this process was given
+
+
+def test_on_a_gpu_the_first_worker_starts_before_k_is_measured(monkeypatch, capsys):
+    import torch
+
+    import hpo.search
+    from hpo.search import _start_workers, build_parser
+    from tests.test_search import settings
+
+    events = []
+
+    class Pool:
+        procs: list = []
+
+        def start(self, count, total=None):
+            self.procs = self.procs + [object()] * count
+            events.append(("start", count, total))
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (78 * GIB, 80 * GIB))
+    monkeypatch.setattr(hpo.search, "measure_trial_peak", lambda config, device: events.append("measure") or GIB // 2)
+
+    def run(device: str, *flags: str) -> int:
+        events.clear()
+        return _start_workers(Pool(), build_parser().parse_args(list(flags)), torch.device(device), settings(), GIB)
+
+    assert run("cuda") == 4 and events == [("start", 1, None), "measure", ("start", 3, 4)]
+    assert "while the first worker started" in capsys.readouterr().out
+    assert run("cuda", "--trials-per-gpu", "2") == 2 and events == [("start", 2, 2)]  # nothing to measure
+    assert run("cpu") == 1 and events == []  # one CPU process runs its trials itself
+    assert run("cpu", "--workers", "3") == 3 and events == [("start", 3, 3)]
