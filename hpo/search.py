@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from hpo.accounting import GpuUtilisation, process_start_time
 from hpo.config import RECIPE_LABEL, ConfigError, TrainConfig, load_config
-from hpo.data import load_cifar10, train_val_split
+from hpo.data import Split, copies_of, load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import dump, export_document, ranked_trials
 from hpo.notes import artifact_store_for, write_study_note
@@ -180,6 +180,8 @@ def main(argv: list[str] | None = None) -> int:
         write_study_note(study, settings.to_json(), data_text, n_trials)
     train_split, val_split = train_val_split(data.train, settings.val_fraction, seed=0)
     train_split = train_split.first(settings.train_subset)
+    if not is_worker:
+        _warn_on_copies(val_split, train_split)
     started, started_at = time.perf_counter(), datetime.datetime.now()  # Optuna's trial times are naive local
     if is_worker:
         deadline = float(os.environ[DEADLINE_ENV]) if DEADLINE_ENV in os.environ else None
@@ -462,6 +464,19 @@ def _largest_batch(settings: Settings) -> int:
     """The largest batch size a trial of this search may use (the space may sample it)."""
     spec = settings.space.get("batch_size")
     return max(spec["choices"]) if isinstance(spec, dict) and "choices" in spec else settings.batch_size
+
+
+def _warn_on_copies(val_split: Split, train_split: Split) -> None:
+    """One line when over 1 % of the validation images are copies of training images (a tiled set, say): then
+    validation accuracy measures memorising, near 1.0 for any config that trains long enough, and cannot rank them."""
+    copies = copies_of(val_split.images, train_split.images)
+    if copies > 0.01 * len(val_split):
+        print(
+            f"warning: {copies} of {len(val_split)} validation images ({copies / len(val_split):.0%}) are exact copies "
+            "of training images (a tiled or duplicated training set?): validation accuracy will overstate every "
+            "trial and rank them poorly; the retrain's test accuracy is not affected",
+            flush=True,
+        )
 
 
 def _packs_automatically(args: argparse.Namespace, device: torch.device) -> bool:

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from hpo.data import CACHE_NAME, DataError, load_cifar10, train_val_split
+from hpo.data import CACHE_NAME, DataError, Split, copies_of, load_cifar10, train_val_split
 from tests.conftest import write_cifar_batches
 
 
@@ -122,3 +122,16 @@ def test_split_is_deterministic_disjoint_and_complete(tiny_data_dir):
     assert not torch.equal(a_val.images, c_val.images)
     key = lambda s: {bytes(img.numpy()) for img in s.images}  # noqa: E731
     assert key(a_train).isdisjoint(key(a_val)) and len(key(a_train) | key(a_val)) == len(key(train))
+
+
+def test_copies_of_counts_the_images_that_repeat_a_reference_image():
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (50, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    others = torch.randint(0, 256, (30, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    reference = torch.cat([others, images[5:25], images[:3] + 1])  # 20 copies; 3 images with every pixel changed
+    assert copies_of(images, reference) == 20
+    assert copies_of(images, others) == 0
+    assert copies_of(images[:0], reference) == 0 and copies_of(images, reference[:0]) == 0
+    tiled = Split(images.repeat(3, 1, 1, 1), torch.zeros(150, dtype=torch.long))
+    train, val = train_val_split(tiled, 0.2)
+    assert copies_of(val.images, train.images) == len(val)  # a tiled set's validation split repeats its training

@@ -10,6 +10,7 @@ import torch
 
 from hpo.config import TrainConfig
 from hpo.space import DEFAULT_SPACE
+from tests.conftest import write_cifar_batches
 from tests.searchutil import TINY, finished, run_search, search_cmd, states, wait_for_running
 
 MARK = 0.123456  # a validation accuracy no real epoch on the tiny data reports
@@ -37,6 +38,20 @@ def test_search_start_up_imports_no_report_libraries():
     assert proc.stdout.split() == []
 
 
+def test_a_tiled_training_set_gets_a_warning_that_validation_repeats_it(tmp_path):
+    # Every batch the same 20 images, as when a small set is tiled up to full size: each validation image is also
+    # a training image, so validation accuracy measures memorising.
+    data = write_cifar_batches(tmp_path / "tiled", per_batch=20)
+    batches = data / "cifar-10-batches-py"
+    for i in range(2, 6):
+        (batches / f"data_batch_{i}").write_bytes((batches / "data_batch_1").read_bytes())
+    proc = run_search(
+        "--storage", sqlite_url(tmp_path / "s.db"), "--data-dir", str(data), "--n-trials", "1", "--epochs", "1", *TINY
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: 10 of 10 validation images (100%) are exact copies of training images" in proc.stdout
+
+
 def test_search_runs_exactly_n_trials_and_resumes(tiny_data_dir, tmp_path):
     url = sqlite_url(tmp_path / "s.db")
     args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "2", *TINY]
@@ -44,6 +59,7 @@ def test_search_runs_exactly_n_trials_and_resumes(tiny_data_dir, tmp_path):
     assert first.returncode == 0, first.stderr
     assert finished(url) == 3
     assert "trial   0" in first.stdout and "best trial" in first.stdout
+    assert "exact copies" not in first.stdout  # random images: no validation image is a training image
     second = run_search(*args, "--n-trials", "5")
     assert second.returncode == 0, second.stderr
     assert finished(url) == 5 and "RUNNING" not in states(url)
