@@ -22,7 +22,6 @@ from typing import Any
 
 import optuna
 import torch
-from tqdm import tqdm
 
 from hpo.accounting import GpuUtilisation, process_start_time
 from hpo.config import RECIPE_LABEL, ConfigError, TrainConfig, load_config
@@ -195,33 +194,44 @@ def main(argv: list[str] | None = None) -> int:
         env[DEADLINE_ENV] = repr(deadline)
     pool = WorkerPool(argv, env, device)
     try:
-        workers = 1 if is_worker else _start_workers(pool, args, device, settings, data_bytes(train_split, val_split))
+        # This process is worker 0 and starts the others. On a GPU, measuring K (one step at the search's shapes)
+        # has already loaded and autotuned the kernels of its own first trial.
+        workers = 1 if is_worker else _worker_count(args, device, settings, data_bytes(train_split, val_split))
+        pool.start(workers - 1)
     except BaseException:
         pool.stop()
         if sampling:
             utilisation.stop()
         raise
-    if pool.procs:
-        code = pool.wait(study, n_trials)
-    else:
-        objective = Objective(
-            space=SearchSpace.from_dict(settings.space, source="stored search space"),
-            base=settings.base_config(),
-            train_data=train_split.to(device),
-            val_data=val_split.to(device),
-            device=device,
-            study_seed=settings.seed,
-            checkpoint_dir=files_dir(storage_url) / f"{args.study_name}-checkpoints",
-            artifact_store=artifact_store_for(args.study_name, files_dir(storage_url)),
-            checkpoint_every=args.checkpoint_every,
-            deadline=deadline,
-            command_start=command_start,
-        )
-        worker = args.worker_id or 0
-        study.sampler = _make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))
-        code = run_worker(
-            study, objective, n_trials, deadline, tag=f"w{worker}" if is_worker else "", bar=not is_worker
-        )
+    threads = torch.get_num_threads()
+    if pool.procs and device.type == "cpu":
+        torch.set_num_threads(max(1, cpu_cores() // workers))  # as each worker: K processes of cores / K threads
+    objective = Objective(
+        space=SearchSpace.from_dict(settings.space, source="stored search space"),
+        base=settings.base_config(),
+        train_data=train_split.to(device),
+        val_data=val_split.to(device),
+        device=device,
+        study_seed=settings.seed,
+        checkpoint_dir=files_dir(storage_url) / f"{args.study_name}-checkpoints",
+        artifact_store=artifact_store_for(args.study_name, files_dir(storage_url)),
+        checkpoint_every=args.checkpoint_every,
+        deadline=deadline,
+        command_start=command_start,
+    )
+    worker = args.worker_id or 0
+    study.sampler = _make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))
+    tag = f"w{worker}" if is_worker or pool.procs else ""
+    try:
+        code = run_worker(study, objective, n_trials, deadline, tag=tag, bar=not is_worker)
+    except BaseException as err:
+        # A Ctrl-C reached the workers too; a SIGTERM or an error of this process is passed on to them.
+        pool.interrupt(forward=type(err) is not KeyboardInterrupt)
+        if sampling:
+            utilisation.stop()
+        raise
+    pool.wait()
+    torch.set_num_threads(threads)
     if not is_worker:
         gpu_utilisation = utilisation.stop() if sampling else None
         seconds = time.perf_counter() - started
@@ -424,21 +434,6 @@ def _device_count(device: torch.device) -> int:
     return torch.cuda.device_count() if device.type == "cuda" else 1
 
 
-def _start_workers(
-    pool: WorkerPool, args: argparse.Namespace, device: torch.device, settings: Settings, data_size: int
-) -> int:
-    """Start this run's worker processes (none when this process runs the trials itself); the worker count.
-    Choosing K on a GPU takes a measurement of several seconds (CUDA start, cuDNN autotuning): the first worker is
-    started before it, so that the first trial's start-up overlaps it instead of following it."""
-    early = _packs_automatically(args, device)
-    if early:
-        pool.start(1)
-    workers = _worker_count(args, device, settings, data_size)
-    if workers > 1 or early:
-        pool.start(workers - len(pool.procs), total=workers)
-    return workers
-
-
 def _worker_count(args: argparse.Namespace, device: torch.device, settings: Settings, data_size: int) -> int:
     """Worker processes for this run: --workers as given, else --trials-per-gpu (or, on a GPU, the K that fits)
     times the devices. Prints the choice when it packs."""
@@ -452,7 +447,7 @@ def _worker_count(args: argparse.Namespace, device: torch.device, settings: Sett
         measuring = time.perf_counter()
         free = min(torch.cuda.mem_get_info(i)[0] for i in range(devices))
         k, why = choose_trials_per_gpu(free, measure_trial_peak(config, device), data_size)
-        why = f"auto: {why}; measured in {time.perf_counter() - measuring:.1f} s while the first worker started"
+        why = f"auto: {why}; measured in {time.perf_counter() - measuring:.1f} s"
     else:
         return 1  # each trial already uses every core
     where = f"per GPU x {devices} GPU(s)" if device.type == "cuda" else "on the CPU, cores split between them"
@@ -479,13 +474,9 @@ def _warn_on_copies(val_split: Split, train_split: Split) -> None:
         )
 
 
-def _packs_automatically(args: argparse.Namespace, device: torch.device) -> bool:
-    """Whether this run chooses its worker count on a GPU by measuring (neither --workers nor --trials-per-gpu)."""
-    return device.type == "cuda" and args.workers is None and args.trials_per_gpu is None
-
-
 class WorkerPool:
-    """Worker processes running this command's search (``--worker-id i``), the visible GPUs dealt out round-robin."""
+    """The worker processes this one starts (``--worker-id 1``, ``2``, …; this process is worker 0), the visible
+    GPUs dealt out round-robin."""
 
     def __init__(self, argv: list[str], env: dict[str, str], device: torch.device) -> None:
         self.command = [sys.executable, "-m", "hpo.search", *_without_storage(argv)]
@@ -493,45 +484,33 @@ class WorkerPool:
         self.gpus = _visible_gpus() if device.type == "cuda" else []
         self.procs: list[subprocess.Popen] = []
 
-    def start(self, count: int, total: int | None = None) -> None:
-        """Start ``count`` more workers; ``total``, when known, is how many will share the machine (on a CPU they
-        split its cores; the early worker of a GPU run is started before it is known, and needs no split)."""
-        for _ in range(count):
-            i = len(self.procs)
-            worker_env = {**os.environ, **self.env}
-            if total is not None:
-                worker_env[COUNT_ENV] = str(total)
+    def start(self, count: int) -> None:
+        """Start ``count`` workers beside this process (on a CPU, all of them split its cores)."""
+        for i in range(1, count + 1):
+            worker_env = {**os.environ, **self.env, COUNT_ENV: str(count + 1)}
             if len(self.gpus) > 1:
-                worker_env["CUDA_VISIBLE_DEVICES"] = self.gpus[i % len(self.gpus)]
+                worker_env["CUDA_VISIBLE_DEVICES"] = self.gpus[i % len(self.gpus)]  # this process has gpus[0]
             self.procs.append(subprocess.Popen([*self.command, "--worker-id", str(i)], env=worker_env))
 
     def stop(self) -> None:
         """End the workers (each records its running trial as failed) and wait for them."""
-        for p in self.procs:
-            if p.poll() is None:
-                p.terminate()
+        self.interrupt(forward=True)
+
+    def interrupt(self, forward: bool) -> None:
+        """This process stops early: wait for the workers to record their running trials and exit, after sending
+        them SIGTERM if ``forward`` (not needed when a Ctrl-C at the terminal reached them as well)."""
+        if forward:
+            for p in self.procs:
+                if p.poll() is None:
+                    p.terminate()
         for p in self.procs:
             p.wait()
 
-    def wait(self, study: optuna.Study, n_trials: int) -> int:
-        """Wait for the workers to end, with one progress bar over the study; 0, or HpoError if any failed."""
-        finished = lambda: len(study.get_trials(deepcopy=False, states=FINISHED))  # noqa: E731
-        with tqdm(total=n_trials, initial=min(n_trials, finished()), unit="trial", dynamic_ncols=True) as progress:
-            try:
-                while any(p.poll() is None for p in self.procs):
-                    time.sleep(1.0)
-                    progress.n = min(n_trials, finished())
-                    progress.refresh()
-            except KeyboardInterrupt:
-                # The workers got the same Ctrl-C; let them record their running trials as failed.
-                for p in self.procs:
-                    p.wait()
-                raise
-            progress.n = min(n_trials, finished())
-        codes = [p.returncode for p in self.procs]
+    def wait(self) -> None:
+        """Wait for the workers to finish their last trials; HpoError if any of them failed."""
+        codes = [p.wait() for p in self.procs]
         if any(codes):
             raise HpoError(f"worker exit codes {codes}: see the lines above")
-        return 0
 
 
 def _visible_gpus() -> list[str]:

@@ -141,12 +141,17 @@ def _tidy_checkpoint(study: optuna.Study, objective: Objective, number: int, ori
         path.unlink(missing_ok=True)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an interrupt. Unlike a Ctrl-C at the terminal it reaches one process only, so a search
+    that started workers passes it on to them."""
+
+
 @contextlib.contextmanager
 def _sigterm_as_interrupt():
     """Treat SIGTERM like Ctrl-C so a terminated worker records its running trial before exiting."""
 
     def handler(signum, frame):
-        raise KeyboardInterrupt
+        raise Terminated
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:

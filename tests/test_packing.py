@@ -70,32 +70,24 @@ def test_worker_count_on_gpus_is_k_per_gpu_from_memory_unless_given(monkeypatch,
     assert _visible_gpus() == ["2", "3"]  # workers are dealt the GPUs this process was given
 
 
-def test_on_a_gpu_the_first_worker_starts_before_k_is_measured(monkeypatch, capsys):
+def test_the_pool_starts_workers_1_to_k_minus_1_beside_this_process(monkeypatch):
+    import subprocess
+
     import torch
 
     import hpo.search
-    from hpo.search import _start_workers, build_parser
-    from tests.test_search import settings
+    from hpo.search import COUNT_ENV, WorkerPool
 
-    events = []
-
-    class Pool:
-        procs: list = []
-
-        def start(self, count, total=None):
-            self.procs = self.procs + [object()] * count
-            events.append(("start", count, total))
-
-    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
-    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (78 * GIB, 80 * GIB))
-    monkeypatch.setattr(hpo.search, "measure_trial_peak", lambda config, device: events.append("measure") or GIB // 2)
-
-    def run(device: str, *flags: str) -> int:
-        events.clear()
-        return _start_workers(Pool(), build_parser().parse_args(list(flags)), torch.device(device), settings(), GIB)
-
-    assert run("cuda") == 4 and events == [("start", 1, None), "measure", ("start", 3, 4)]
-    assert "while the first worker started" in capsys.readouterr().out
-    assert run("cuda", "--trials-per-gpu", "2") == 2 and events == [("start", 2, 2)]  # nothing to measure
-    assert run("cpu") == 1 and events == []  # one CPU process runs its trials itself
-    assert run("cpu", "--workers", "3") == 3 and events == [("start", 3, 3)]
+    started = []
+    monkeypatch.setattr(subprocess, "Popen", lambda command, env: started.append((command, env)))
+    monkeypatch.setattr(hpo.search, "_visible_gpus", lambda: ["2", "3"])
+    pool = WorkerPool(["--n-trials", "9", "--storage", "sqlite:///secret.db"], {"X": "1"}, torch.device("cuda"))
+    pool.start(3)  # 4 processes in all: this one is worker 0, on the first visible GPU ("2")
+    assert [command[-2:] for command, _ in started] == [
+        ["--worker-id", "1"],
+        ["--worker-id", "2"],
+        ["--worker-id", "3"],
+    ]
+    assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started] == ["3", "2", "3"]
+    assert {env[COUNT_ENV] for _, env in started} == {"4"} and all(env["X"] == "1" for _, env in started)
+    assert all("--storage" not in command and "--n-trials" in command for command, _ in started)

@@ -1,12 +1,15 @@
 import json
+import os
 import signal
 import sqlite3
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
 import torch
+from optuna.trial import TrialState
 
 from hpo.config import TrainConfig
 from hpo.space import DEFAULT_SPACE
@@ -176,10 +179,51 @@ def test_parallel_workers_complete_exactly_n_trials_without_lock_errors(tiny_dat
     assert finished(url) == 9 and "FAIL" not in s and "RUNNING" not in s
     workers = {line.split("]")[0] for line in proc.stdout.splitlines() if line.startswith("[w")}
     assert len(workers) >= 2  # trials really ran in several processes
+    assert "[w0" in workers and workers <= {"[w0", "[w1", "[w2"}  # this process is worker 0 and starts 1 and 2
     run = optuna.load_study(study_name="cifar10", storage=url).user_attrs["last_run"]
     assert (run["workers"], run["devices"], run["finished"]) == (3, 1, 9)
     with sqlite3.connect(tmp_path / "s.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+
+
+@pytest.mark.parametrize("ctrl_c", [False, True], ids=["SIGTERM-to-the-search", "Ctrl-C-to-all-its-processes"])
+def test_stopping_a_search_with_workers_records_every_running_trial_and_stops_them_all(tiny_data_dir, tmp_path, ctrl_c):
+    # The search runs trials itself as worker 0 beside the one it starts. A Ctrl-C at the terminal reaches both;
+    # a SIGTERM (a job scheduler, kill) reaches the search alone, which must pass it on.
+    url = sqlite_url(tmp_path / "s.db")
+    args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "25", "--pruner", "none", *TINY]
+    proc = subprocess.Popen(
+        search_cmd(*args, "--n-trials", "6", "--workers", "2"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group, as a terminal's job
+        preexec_fn=default_sigint,
+    )
+    deadline = time.time() + 120
+    while len(running_with_epochs(url)) < 2:
+        assert time.time() < deadline and proc.poll() is None, "two trials never ran at once"
+        time.sleep(0.2)
+    if ctrl_c:
+        os.killpg(proc.pid, signal.SIGINT)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    failed = [t for t in optuna.load_study(study_name="cifar10", storage=url).trials if t.state.name == "FAIL"]
+    assert len(failed) == 2 and all("interrupted" in t.user_attrs["fail_reason"] for t in failed)
+    assert "RUNNING" not in states(url)
+    count = len(optuna.load_study(study_name="cifar10", storage=url).trials)
+    time.sleep(3)
+    assert len(optuna.load_study(study_name="cifar10", storage=url).trials) == count  # no worker runs on
+
+
+def running_with_epochs(url: str) -> list:
+    try:
+        study = optuna.load_study(study_name="cifar10", storage=url)
+    except KeyError:
+        return []  # not created yet
+    return [t for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)) if t.intermediate_values]
 
 
 def test_killed_worker_trial_is_failed_and_retried(tiny_data_dir, tmp_path):
