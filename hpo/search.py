@@ -193,36 +193,30 @@ def main(argv: list[str] | None = None) -> int:
     if deadline is not None:
         env[DEADLINE_ENV] = repr(deadline)
     pool = WorkerPool(argv, env, device)
+    threads = torch.get_num_threads()
     try:
         # This process is worker 0 and starts the others. On a GPU, measuring K (one step at the search's shapes)
         # has already loaded and autotuned the kernels of its own first trial.
         workers = 1 if is_worker else _worker_count(args, device, settings, data_bytes(train_split, val_split))
         pool.start(workers - 1)
-    except BaseException:
-        pool.stop()
-        if sampling:
-            utilisation.stop()
-        raise
-    threads = torch.get_num_threads()
-    if pool.procs and device.type == "cpu":
-        torch.set_num_threads(max(1, cpu_cores() // workers))  # as each worker: K processes of cores / K threads
-    objective = Objective(
-        space=SearchSpace.from_dict(settings.space, source="stored search space"),
-        base=settings.base_config(),
-        train_data=train_split.to(device),
-        val_data=val_split.to(device),
-        device=device,
-        study_seed=settings.seed,
-        checkpoint_dir=files_dir(storage_url) / f"{args.study_name}-checkpoints",
-        artifact_store=artifact_store_for(args.study_name, files_dir(storage_url)),
-        checkpoint_every=args.checkpoint_every,
-        deadline=deadline,
-        command_start=command_start,
-    )
-    worker = args.worker_id or 0
-    study.sampler = _make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))
-    tag = f"w{worker}" if is_worker or pool.procs else ""
-    try:
+        if pool.procs and device.type == "cpu":
+            torch.set_num_threads(max(1, cpu_cores() // workers))  # as each worker: K processes of cores / K threads
+        objective = Objective(
+            space=SearchSpace.from_dict(settings.space, source="stored search space"),
+            base=settings.base_config(),
+            train_data=train_split.to(device),
+            val_data=val_split.to(device),
+            device=device,
+            study_seed=settings.seed,
+            checkpoint_dir=files_dir(storage_url) / f"{args.study_name}-checkpoints",
+            artifact_store=artifact_store_for(args.study_name, files_dir(storage_url)),
+            checkpoint_every=args.checkpoint_every,
+            deadline=deadline,
+            command_start=command_start,
+        )
+        worker = args.worker_id or 0
+        study.sampler = _make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))
+        tag = f"w{worker}" if is_worker or pool.procs else ""
         code = run_worker(study, objective, n_trials, deadline, tag=tag, bar=not is_worker)
     except BaseException as err:
         # A Ctrl-C reached the workers too; a SIGTERM or an error of this process is passed on to them.
@@ -491,10 +485,6 @@ class WorkerPool:
             if len(self.gpus) > 1:
                 worker_env["CUDA_VISIBLE_DEVICES"] = self.gpus[i % len(self.gpus)]  # this process has gpus[0]
             self.procs.append(subprocess.Popen([*self.command, "--worker-id", str(i)], env=worker_env))
-
-    def stop(self) -> None:
-        """End the workers (each records its running trial as failed) and wait for them."""
-        self.interrupt(forward=True)
 
     def interrupt(self, forward: bool) -> None:
         """This process stops early: wait for the workers to record their running trials and exit, after sending
