@@ -22,9 +22,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import multiprocessing
 import zlib
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import matplotlib
@@ -40,6 +38,7 @@ from scipy import stats as sps  # noqa: E402
 from hpo.data import Cifar10, Split, load_cifar10, train_val_split  # noqa: E402
 from hpo.errors import HpoError  # noqa: E402
 from hpo.objective import Objective  # noqa: E402
+from hpo.parallel import map_in_processes  # noqa: E402
 from hpo.report import anytime_curve  # noqa: E402
 from hpo.search import PRUNERS, SAMPLERS, Settings, _first_trials, _make_pruner, _make_sampler  # noqa: E402
 from hpo.space import SearchSpace  # noqa: E402
@@ -191,10 +190,8 @@ def run_benchmark(bench: BenchSettings, strategies: list[str], seeds: int, jobs:
         for task in tasks:
             show(run_study(*task, threads=torch.get_num_threads()))
     else:
-        context = multiprocessing.get_context("spawn")  # a fresh interpreter each: no inherited thread pools
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-            for future in [pool.submit(run_study, *task) for task in tasks]:
-                show(future.result())
+        for curve in map_in_processes(run_study, tasks, jobs):
+            show(curve)
     return pd.concat(curves, ignore_index=True)
 
 
@@ -255,8 +252,7 @@ def map_jobs(function, tasks: list[tuple], jobs: int) -> list:
     ``jobs`` fresh single-threaded processes (spawned: no inherited thread pools)."""
     if jobs == 1:
         return [function(*task, threads=torch.get_num_threads()) for task in tasks]
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        return list(pool.map(function, *zip(*tasks)))
+    return list(map_in_processes(function, tasks, jobs))
 
 
 def retrain_best(bench: BenchSettings, curves: pd.DataFrame, seeds: int, jobs: int) -> pd.DataFrame:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -12,10 +14,32 @@ class HpoError(Exception):
     """A problem the user can fix; its message says what is wrong and how to fix it."""
 
 
-def run_cli(main: Callable[[], int | None]) -> None:
-    """Run a command's ``main`` and turn an ``HpoError`` into one line on stderr and exit code 2."""
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as an interrupt. Unlike a Ctrl-C at the terminal it reaches one process only, so a command
+    that started processes passes it on to them (or stops them)."""
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """Treat SIGTERM (kill, a job scheduler) like Ctrl-C: a running trial is recorded, child processes are stopped,
+    and the command ends with "interrupted"."""
+
+    def handler(signum, frame):
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, handler)
     try:
-        code = main()
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_cli(main: Callable[[], int | None]) -> None:
+    """Run a command's ``main`` and turn an ``HpoError`` into one line on stderr and exit code 2, and a Ctrl-C or
+    SIGTERM into "interrupted" and exit code 130."""
+    try:
+        with sigterm_as_interrupt():
+            code = main()
     except HpoError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

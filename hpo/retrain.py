@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import multiprocessing
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +25,7 @@ from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import ranked_trials, trial_config
 from hpo.notes import artifact_store_for, set_retrain_section
 from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR
+from hpo.parallel import map_in_processes
 from hpo.stats import summarize, welch
 from hpo.storage import default_storage_url, files_dir, load_existing_study
 from hpo.train import cpu_cores, resolve_device, train
@@ -142,11 +141,7 @@ def _train_all(configs: list[TrainConfig], data: Cifar10, device: torch.device, 
         for config in configs:
             yield _train_one(config, data, device)
         return
-    context = multiprocessing.get_context("spawn")  # a fresh interpreter: no inherited OpenMP thread pool
-    with ProcessPoolExecutor(max_workers=min(jobs, len(configs)), mp_context=context) as pool:
-        futures = [pool.submit(_train_one, config, data, device, 1) for config in configs]
-        for future in futures:
-            yield future.result()
+    yield from map_in_processes(_train_one, [(c, data, device, 1) for c in configs], min(jobs, len(configs)))
 
 
 def _cpu_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -31,6 +31,7 @@ from hpo.export import dump, export_document, ranked_trials
 from hpo.notes import artifact_store_for, write_study_note
 from hpo.objective import CHECKPOINT_EVERY_S, OBJECTIVE_NAME, RUN_ATTR, SETTINGS_ATTR, Objective
 from hpo.packing import choose_trials_per_gpu, data_bytes, measure_trial_peak
+from hpo.parallel import die_with_parent
 from hpo.space import SearchSpace, SpaceError
 from hpo.storage import default_storage_url, files_dir, open_storage, redact, use_wal
 from hpo.train import cpu_cores, resolve_device
@@ -49,8 +50,10 @@ MACHINE_KEYS = ("epochs", "widths", "train_subset", "batch_size")
 # their command line (readable by everyone on the machine through ps), since it may carry a password.
 STORAGE_ENV = "HPO_WORKER_STORAGE"
 # What the parent tells the processes it starts: when the command started (for start-up timing), the search's
-# deadline (--timeout counts for the whole search, not per worker) and how many workers share the machine.
+# deadline (--timeout counts for the whole search, not per worker), how many workers share the machine, and its pid
+# (a worker dies with it: a killed search leaves no worker running on).
 START_ENV, DEADLINE_ENV, COUNT_ENV = "HPO_COMMAND_START", "HPO_DEADLINE", "HPO_WORKER_COUNT"
+PARENT_ENV = "HPO_PARENT_PID"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -139,6 +142,8 @@ def main(argv: list[str] | None = None) -> int:
     device = resolve_device(args.device)
     space = SearchSpace.load(args.space) if args.space else None
     is_worker = args.worker_id is not None
+    if is_worker and PARENT_ENV in os.environ:
+        die_with_parent(int(os.environ[PARENT_ENV]))
     command_start = float(os.environ[START_ENV]) if is_worker else process_start_time()
     if is_worker and device.type == "cpu":
         # K workers on a CPU share its cores: K processes of (cores / K) threads, not K x cores threads fighting.
@@ -481,7 +486,7 @@ class WorkerPool:
     def start(self, count: int) -> None:
         """Start ``count`` workers beside this process (on a CPU, all of them split its cores)."""
         for i in range(1, count + 1):
-            worker_env = {**os.environ, **self.env, COUNT_ENV: str(count + 1)}
+            worker_env = {**os.environ, **self.env, COUNT_ENV: str(count + 1), PARENT_ENV: str(os.getpid())}
             if len(self.gpus) > 1:
                 worker_env["CUDA_VISIBLE_DEVICES"] = self.gpus[i % len(self.gpus)]  # this process has gpus[0]
             self.procs.append(subprocess.Popen([*self.command, "--worker-id", str(i)], env=worker_env))

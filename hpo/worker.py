@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import signal
 import time
 import traceback
 import warnings
@@ -20,7 +19,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from hpo.errors import HpoError
+from hpo.errors import HpoError, sigterm_as_interrupt
 from hpo.objective import Objective, SearchTimeout
 from hpo.storage import RETRY_STALE, ask_lock, heartbeat, heartbeat_interval
 
@@ -49,7 +48,7 @@ def run_worker(
     progress = tqdm(total=n_trials, initial=min(finished, n_trials), unit="trial", disable=not bar, dynamic_ncols=True)
     failures: list[str] = []
     has_heartbeat = bool(heartbeat_interval(study._storage))
-    with progress, _sigterm_as_interrupt(), warnings.catch_warnings(), contextlib.closing(objective):
+    with progress, sigterm_as_interrupt(), warnings.catch_warnings(), contextlib.closing(objective):
         quiet_optuna()
         while deadline is None or time.time() < deadline:
             optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, and re-queued for retry
@@ -139,25 +138,6 @@ def _tidy_checkpoint(study: optuna.Study, objective: Objective, number: int, ori
         path.replace(path.with_name("best-trial.pt"))
     else:
         path.unlink(missing_ok=True)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised as an interrupt. Unlike a Ctrl-C at the terminal it reaches one process only, so a search
-    that started workers passes it on to them."""
-
-
-@contextlib.contextmanager
-def _sigterm_as_interrupt():
-    """Treat SIGTERM like Ctrl-C so a terminated worker records its running trial before exiting."""
-
-    def handler(signum, frame):
-        raise Terminated
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _trial_line(t: optuna.trial.FrozenTrial, tag: str) -> str:

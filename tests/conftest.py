@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
@@ -51,3 +52,12 @@ def subset_dir() -> Path:
 def _private_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     # Read-only data folders cache under XDG_CACHE_HOME; keep that out of the user's home during tests.
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path_factory.getbasetemp() / "xdg-cache"))
+
+
+@pytest.fixture(autouse=True)
+def _own_thread_count():
+    # Code under test may set torch's process-wide thread count (a benchmark study run in-process sets 1); the next
+    # test must not inherit it: numerics, and so a borderline divergence, can depend on it.
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)

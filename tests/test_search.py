@@ -14,6 +14,7 @@ from optuna.trial import TrialState
 from hpo.config import TrainConfig
 from hpo.space import DEFAULT_SPACE
 from tests.conftest import write_cifar_batches
+from tests.procutil import children_running, gone_within
 from tests.searchutil import TINY, finished, run_search, search_cmd, states, wait_for_running
 
 MARK = 0.123456  # a validation accuracy no real epoch on the tiny data reports
@@ -216,6 +217,24 @@ def test_stopping_a_search_with_workers_records_every_running_trial_and_stops_th
     count = len(optuna.load_study(study_name="cifar10", storage=url).trials)
     time.sleep(3)
     assert len(optuna.load_study(study_name="cifar10", storage=url).trials) == count  # no worker runs on
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_search_leaves_no_worker_running(tiny_data_dir, tmp_path):
+    # SIGKILL cannot be passed on: the kernel kills the workers with the search (their running trials are then
+    # failed by the heartbeat and retried by the next run, as the search's own).
+    url = sqlite_url(tmp_path / "s.db")
+    args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "25", "--pruner", "none", *TINY]
+    proc = subprocess.Popen(search_cmd(*args, "--n-trials", "6", "--workers", "2"), stdout=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while len(running_with_epochs(url)) < 2:
+        assert time.time() < deadline and proc.poll() is None, "two trials never ran at once"
+        time.sleep(0.2)
+    workers = children_running("--worker-id", proc.pid)
+    assert len(workers) == 1
+    proc.kill()
+    proc.wait()
+    assert gone_within(workers, 10) == []
 
 
 def running_with_epochs(url: str) -> list:
