@@ -69,7 +69,7 @@ def test_callback_exception_propagates(splits):
 def test_divergence_stops_training_early(splits):
     # The recipe's net shrugs off lr 100 (scale-free BatchNorm, scaled logits); the plain one blows up.
     config = TrainConfig(**{**TINY, "epochs": 4, "lr": 100.0, "scheduler": "constant", "weight_decay": 0.0})
-    result = train(config.replace(momentum=0.9).without(*COMPONENTS_OFF), *splits)
+    result = train(config.replace(momentum=0.99).without(*COMPONENTS_OFF), *splits)  # 0.9: borderline, flaky
     assert result.diverged and result.stopped_early and result.epochs_run < 4
 
 
