@@ -43,7 +43,7 @@ from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.search import CPU_DEFAULTS
 from hpo.space import SearchSpace
 from hpo.stats import summarize
-from hpo.train import BatchSource, resolve_device, train
+from hpo.train import BatchSource, augment_chunk, resolve_device, train
 
 ALL_ON = "all on (the recipe)"
 ALL_OFF = "all off (pre-recipe trainer)"
@@ -97,34 +97,39 @@ def tile(data: Split, n: int) -> Split:
     return Split(data.images.repeat(reps, 1, 1, 1)[:n], data.labels.repeat(reps)[:n])
 
 
-def time_augmentations(data: Split, device: torch.device, batch_size: int, repeats: int = 5) -> dict[str, float]:
-    """Images/s of each policy (augment + normalise) on device, plus a per-image TrivialAugmentWide loop.
+def time_augmentations(
+    data: Split, device: torch.device, per_call: int, n_images: int, repeats: int = 5
+) -> dict[str, float]:
+    """Images/s of each policy (augment + normalise) on device, ``per_call`` images at a time.
 
-    Each policy is run once untimed (first-call costs), then timed over 4 batches ``repeats`` times, the policies
-    taking turns so that a slow spell of the machine hits them alike; each keeps its fastest pass."""
-    x = data.images[: batch_size * 4].to(device)
+    Each policy is run once untimed (first-call costs), then timed over ``n_images`` images ``repeats`` times, the
+    policies taking turns so that a slow spell of the machine hits them alike; each keeps its fastest pass."""
+    x = tile(data, n_images).images.to(device)
     gen = torch.Generator(device=device).manual_seed(0)
     for policy in POLICIES.values():
-        normalize(policy(x[:batch_size], gen))
+        normalize(policy(x[:per_call], gen))
     best = dict.fromkeys(POLICIES, float("inf"))
     for _ in range(repeats):
         for name, policy in POLICIES.items():
             _sync(device)
             start = time.perf_counter()
-            for batch in x.split(batch_size):
-                normalize(policy(batch, gen))
+            for part in x.split(per_call):
+                normalize(policy(part, gen))
             _sync(device)
             best[name] = min(best[name], time.perf_counter() - start)
-    rates = {name: len(x) / seconds for name, seconds in best.items()}
+    return {name: len(x) / seconds for name, seconds in best.items()}
+
+
+def time_per_image_trivial(data: Split, device: torch.device, n_images: int = 512) -> float:
+    """Images/s of torchvision's TrivialAugmentWide applied to one image at a time."""
     per_image = v2.TrivialAugmentWide()
-    subset = x[:512]
+    subset = data.images[:n_images].to(device)
     per_image(subset[0])
     start = time.perf_counter()
     for img in subset:
         per_image(img)
     _sync(device)
-    rates["trivial_augment (per-image loop)"] = len(subset) / (time.perf_counter() - start)
-    return rates
+    return len(subset) / (time.perf_counter() - start)
 
 
 def _sync(device: torch.device) -> None:
@@ -220,12 +225,27 @@ def pipeline_benchmark(args, device: torch.device) -> None:
 
 
 def augment_table(data: Split, device: torch.device, batch_size: int) -> None:
-    """Print each policy's images/s and its ratio to flip_translate's, measured in this process."""
-    print(f"augmentation alone (augment + normalise), batch {batch_size}, {device}:")
-    rates = time_augmentations(data, device, batch_size)
-    print(f"  {'policy':<36}{'img/s':>12}{'vs flip_translate':>20}")
-    for name, rate in rates.items():
-        print(f"  {name:<36}{rate:>12.0f}{rate / rates['flip_translate']:>19.2f}x")
+    """Print each policy's images/s and its ratio to flip_translate's, measured in this process, augmenting one
+    batch per call and, as the trainer does, a chunk of batches per call."""
+    chunk = augment_chunk(batch_size, device)
+    n_images = max(8 * batch_size, 2 * chunk)
+    print(f"augmentation alone (augment + normalise), {n_images} images, batch {batch_size}, {device}:")
+    per_batch = time_augmentations(data, device, batch_size, n_images)
+    per_chunk = time_augmentations(data, device, chunk, n_images)
+    print(
+        f"  {'policy':<48}{'img/s, a batch per call':>24}{'vs flip_translate':>19}"
+        f"{f'img/s, {chunk} per call (train)':>31}{'vs flip_translate':>19}"
+    )
+    for name in POLICIES:
+        print(
+            f"  {name:<48}{per_batch[name]:>24.0f}{per_batch[name] / per_batch['flip_translate']:>18.2f}x"
+            f"{per_chunk[name]:>31.0f}{per_chunk[name] / per_chunk['flip_translate']:>18.2f}x"
+        )
+    loop = time_per_image_trivial(data, device)
+    loop_name = "torchvision TrivialAugmentWide, per-image loop"
+    print(f"  {loop_name:<48}{loop:>24.0f}{loop / per_batch['flip_translate']:>18.2f}x")
+    gains = {name: per_chunk[name] / per_batch[name] for name in ("flip_translate", "trivial_augment")}
+    print("  a chunk per call against a batch per call: " + ", ".join(f"{k} {v:.2f}x" for k, v in gains.items()))
 
 
 def augment_benchmark(args, device: torch.device) -> None:

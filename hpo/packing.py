@@ -11,7 +11,7 @@ import torch
 
 from hpo.config import TrainConfig
 from hpo.data import Split
-from hpo.train import EVAL_BATCH, train
+from hpo.train import EVAL_BATCH, augment_chunk, train
 
 MAX_TRIALS_PER_GPU = 4
 MEMORY_MARGIN = 1.5  # over the measured peak: cuDNN may pick kernels with larger workspaces later
@@ -37,8 +37,8 @@ def choose_trials_per_gpu(
 
 
 def measure_trial_peak(config: TrainConfig, device: torch.device) -> int:
-    """Peak GPU memory (bytes) of one short run of ``config``: one training step at its batch size and one
-    evaluation batch with its test-time augmentation, on random images."""
+    """Peak GPU memory (bytes) of one short run of ``config``: one chunk of augmented training batches (as the
+    trainer augments them) and one evaluation batch with its test-time augmentation, on random images."""
     gen = torch.Generator().manual_seed(0)
 
     def images(n: int) -> Split:
@@ -46,7 +46,8 @@ def measure_trial_peak(config: TrainConfig, device: torch.device) -> int:
 
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
-    train(config.replace(epochs=1, train_subset=0), images(config.batch_size), images(EVAL_BATCH), device)
+    chunk = augment_chunk(config.batch_size, device)
+    train(config.replace(epochs=1, train_subset=0), images(chunk), images(EVAL_BATCH), device)
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
 

@@ -75,10 +75,14 @@ def map_in_processes(function: Callable[..., Any], tasks: Iterable[tuple], jobs:
 
 
 def _give_next(queue: list, conn: Connection, child, busy: dict) -> None:
+    """Send the child the next task; with none left, close its pipe so that it exits now, not when the caller
+    drops the generator (the retrain keeps it until it returns)."""
     if queue:
         index, task = queue.pop()
         conn.send(task)
         busy[conn] = (index, child)
+    else:
+        conn.close()
 
 
 def _receive(conn: Connection) -> tuple | None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 
@@ -21,7 +22,7 @@ def test_pipeline_benchmark_compares_against_a_dataloader(tiny_data_dir, capsys)
     out = capsys.readouterr().out
     assert "hpo on-device batches" in out and "DataLoader + per-image (0 workers)" in out
     assert "speed-up (ours / DataLoader):" in out
-    for policy in ("flip_translate", "trivial_augment (per-image loop)", "flip_translate_cutout"):
+    for policy in ("flip_translate", "TrivialAugmentWide, per-image loop", "flip_translate_cutout"):
         assert policy in out
     assert "vs flip_translate" in out
 
@@ -30,13 +31,26 @@ def test_augment_only_prints_each_policy_against_flip_translate(tiny_data_dir, c
     assert main(["--augment-only", "--data-dir", str(tiny_data_dir), *TINY_FLAGS]) == 0
     out = capsys.readouterr().out
     assert "hpo on-device batches" not in out  # no training runs
-    header, *table = [line.strip() for line in out.splitlines() if line.startswith("  ")]
-    assert header.split() == ["policy", "img/s", "vs", "flip_translate"]
-    rows = {name: (float(rate), ratio) for name, rate, ratio in (line.rsplit(maxsplit=2) for line in table)}
-    assert list(rows) == [*POLICIES, "trivial_augment (per-image loop)"]
-    assert rows["flip_translate"][1] == "1.00x"
-    for rate, ratio in rows.values():
-        assert rate > 0 and float(ratio.removesuffix("x")) > 0
+    header, *table, gains = [line.strip() for line in out.splitlines() if line.startswith("  ")]
+    # batch 16 on the CPU: one batch per call, then the trainer's chunk of 32 batches per call
+    assert re.split(r"\s{2,}", header) == [
+        "policy",
+        "img/s, a batch per call",
+        "vs flip_translate",
+        "img/s, 512 per call (train)",
+        "vs flip_translate",
+    ]
+    rows = {name: figures for name, *figures in (re.split(r"\s{2,}", line) for line in table)}
+    loop = "torchvision TrivialAugmentWide, per-image loop"
+    assert list(rows) == [*POLICIES, loop] and len(rows[loop]) == 2
+    assert all(len(rows[name]) == 4 for name in POLICIES)
+    assert rows["flip_translate"][1] == rows["flip_translate"][3] == "1.00x"
+    for figures in rows.values():
+        for rate, ratio in zip(figures[::2], figures[1::2]):
+            assert float(rate) > 0 and float(ratio.removesuffix("x")) > 0
+    assert re.fullmatch(
+        r"a chunk per call against a batch per call: flip_translate [\d.]+x, trivial_augment [\d.]+x", gains
+    )
 
 
 def test_ablation_rows_turn_off_one_component_each_then_all(tiny_data_dir):

@@ -28,6 +28,23 @@ def test_trials_per_gpu_is_what_fits_in_free_memory_between_1_and_4(free, peak, 
     assert f"{per_trial / GIB:.2f} GiB per trial" in why
 
 
+def test_the_measured_run_augments_a_whole_chunk_as_training_does(monkeypatch):
+    import torch
+
+    import hpo.packing
+    from hpo.config import TrainConfig
+
+    runs = []
+    monkeypatch.setattr(hpo.packing, "train", lambda config, data, eval_data, device: runs.append((config, len(data))))
+    for name in ("reset_peak_memory_stats", "synchronize"):
+        monkeypatch.setattr(torch.cuda, name, lambda device: None)
+    monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device: 1000)
+    monkeypatch.setattr(torch.cuda, "max_memory_allocated", lambda device: 5000)
+    assert hpo.packing.measure_trial_peak(TrainConfig(batch_size=512), torch.device("cuda")) == 4000
+    ((config, images),) = runs
+    assert images == 8192 and config.batch_size == 512 and config.epochs == 1  # 16 steps: one chunk's augmentation
+
+
 def test_gpu_utilisation_is_the_mean_of_the_samples():
     fake = GpuUtilisation([sys.executable, "-c", "print(50); print('[N/A]'); print(70)"])
     assert fake.start()
@@ -55,19 +72,24 @@ def test_worker_count_on_gpus_is_k_per_gpu_from_memory_unless_given(monkeypatch,
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (78 * GIB, 80 * GIB))
     monkeypatch.setattr(hpo.search, "measure_trial_peak", lambda config, device: measured.append(config) or GIB // 2)
-    cuda, space = torch.device("cuda"), {"batch_size": {"choices": [256, 1024]}}
+    cuda = torch.device("cuda")
+    space = {"batch_size": {"choices": [256, 1024]}, "augmentation": {"choices": ["flip", "trivial_augment"]}}
 
     def count(*flags: str) -> int:
         return _worker_count(build_parser().parse_args(list(flags)), cuda, settings(space=space), GIB // 5)
 
     assert count() == 8  # auto: 4 per GPU (capped) x 2 GPUs
-    assert measured[0].batch_size == 1024  # measured at the largest batch the space may sample
+    # measured at the largest batch the space may sample, with the augmentation that needs the most memory
+    assert measured[0].batch_size == 1024 and measured[0].augmentation == "trivial_augment"
     assert "packing: 4 concurrent trials per GPU x 2 GPU(s) = 8 worker processes (auto: 78.0 GiB free" in (
         capsys.readouterr().out
     )
     assert count("--trials-per-gpu", "3") == 6 and count("--workers", "5") == 5 and len(measured) == 1
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
     assert _visible_gpus() == ["2", "3"]  # workers are dealt the GPUs this process was given
+    space = {"augmentation": {"choices": ["flip", "flip_translate_cutout"]}}
+    count()
+    assert measured[-1].augmentation == settings().base_config().augmentation  # no trivial_augment to sample
 
 
 def test_the_pool_starts_workers_1_to_k_minus_1_beside_this_process(monkeypatch):

@@ -57,6 +57,13 @@ def test_results_come_back_in_task_order_from_other_processes():
     assert os.getpid() not in {pid for _, pid in results}
 
 
+def test_a_child_with_no_job_left_exits_before_the_caller_drops_the_results():
+    outcomes = map_in_processes(value_and_pid, [(0.0, "a"), (0.0, "b"), (0.0, "c")], 2)
+    pids = [pid for _, pid in (next(outcomes), next(outcomes), next(outcomes))]
+    assert gone_within(pids, 10) == []  # the generator is still open: it has not cleaned up yet
+    assert list(outcomes) == []
+
+
 def test_a_child_leaves_ctrl_c_to_the_command():
     # The command stops its children itself; a child's own KeyboardInterrupt would only print a traceback.
     assert list(map_in_processes(interrupt_myself, [()], 1)) == ["ignored"]

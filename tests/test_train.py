@@ -5,9 +5,11 @@ import sys
 import pytest
 import torch
 
+import hpo.train
+from hpo.augment import get_policy
 from hpo.config import COMPONENTS_OFF, TrainConfig
-from hpo.data import load_cifar10, train_val_split
-from hpo.train import resolve_device, train
+from hpo.data import Split, load_cifar10, train_val_split
+from hpo.train import AUGMENT_CHUNK, augment_chunk, device_batches, resolve_device, train
 
 TINY = dict(widths=(8, 16, 16), stem_width=8, batch_size=16, epochs=2)
 
@@ -43,7 +45,34 @@ def test_trivial_augment_runs_reproduce_too(splits):
     assert [h.train_loss for h in a.history] == [h.train_loss for h in b.history]
 
 
+def test_chunks_are_whole_batches_and_at_least_one():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert augment_chunk(128, cpu) == 512 and augment_chunk(100, cpu) == 500 and augment_chunk(1024, cpu) == 1024
+    assert augment_chunk(512, cuda) == 8192 and augment_chunk(1000, cuda) == 8000
+
+
+def test_an_epoch_augments_a_chunk_of_batches_per_call(monkeypatch):
+    # 57 images, batch 10: 5 whole batches an epoch (the ragged 7 dropped), augmented as chunks of 20, 20, 10.
+    calls = []
+
+    def counting_policy(name):
+        policy = get_policy(name)
+        return lambda x, gen, mask=None: calls.append(len(x)) or policy(x, gen, mask)
+
+    monkeypatch.setitem(AUGMENT_CHUNK, "cpu", 25)
+    monkeypatch.setattr(hpo.train, "get_policy", counting_policy)
+    data = Split(torch.randint(0, 256, (57, 3, 32, 32), dtype=torch.uint8), torch.arange(57))
+    batches = device_batches(data, TrainConfig(batch_size=10), torch.Generator().manual_seed(0), torch.float32)
+    for epoch in (1, 2):
+        calls.clear()
+        labels = [y for _, y in batches(epoch)]
+        assert calls == [20, 20, 10]
+        assert [len(y) for y in labels] == [10] * 5
+        assert len(set(torch.cat(labels).tolist())) == 50  # each image at most once an epoch
+
+
 def test_callback_sees_every_epoch_and_can_stop(splits):
+
     seen = []
 
     def stop_after_two(stats):
