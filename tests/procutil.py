@@ -16,9 +16,16 @@ def value_and_pid(delay: float, value: str) -> tuple[str, int]:
     return value, os.getpid()
 
 
+def _state_and_parent(stat: Path) -> tuple[str, int]:
+    """A process's state letter and parent pid from its /proc/PID/stat (after the command name, which may hold
+    spaces and parentheses)."""
+    state, ppid = stat.read_text().rsplit(")", 1)[1].split()[:2]
+    return state, int(ppid)
+
+
 def alive(pid: int) -> bool:
     try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"  # a zombie is dead
+        return _state_and_parent(Path(f"/proc/{pid}/stat"))[0] != "Z"  # a zombie is dead
     except FileNotFoundError:
         return False
 
@@ -28,8 +35,7 @@ def children_running(marker: str, parent: int) -> list[int]:
     found = []
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-            if ppid == parent and marker.encode() in (stat.parent / "cmdline").read_bytes():
+            if _state_and_parent(stat)[1] == parent and marker.encode() in (stat.parent / "cmdline").read_bytes():
                 found.append(int(stat.parent.name))
         except (FileNotFoundError, ProcessLookupError):
             continue
