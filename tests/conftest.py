@@ -11,6 +11,21 @@ import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def refusal(main, argv: list[str], capsys: pytest.CaptureFixture) -> str:
+    """Run a command's ``main(argv)`` as its CLI does (through ``run_cli``), in this process, and return the one
+    line it printed on refusing: it must exit with code 2 and print exactly one line, no traceback."""
+    from hpo.errors import run_cli
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        run_cli(lambda: main(argv))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_info.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
+    return err[0]
+
+
 DEFAULT_SUBSET = REPO.parent / "shared" / "data" / "cifar10-subset"
 
 

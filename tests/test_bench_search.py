@@ -23,8 +23,8 @@ from hpo.bench_search import (
     summary_table,
 )
 from hpo.data import load_cifar10
-from hpo.errors import run_cli
 from hpo.space import SearchSpace
+from tests.conftest import refusal
 
 TINY = ["--widths", "8", "16", "16", "--batch-size", "16", "--device", "cpu", "--epochs", "2"]
 
@@ -160,11 +160,7 @@ def test_cli_prints_the_table_and_writes_curves_and_plot(tiny_data_dir, tmp_path
     ],
 )
 def test_bad_strategy_or_budget_is_one_line(tiny_data_dir, flags, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: main(["--search", "--data-dir", str(tiny_data_dir), *flags]))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("error: ")
+    refusal(main, ["--search", "--data-dir", str(tiny_data_dir), *flags], capsys)
 
 
 def test_rank_correlations_use_only_full_length_trials():
@@ -431,11 +427,7 @@ def test_bad_curves_or_oracle_flags_are_one_line(tiny_data_dir, tmp_path, flags,
     curves.drop(columns="params").to_csv(tmp_path / "other.csv", index=False)
     flags = [f.format(curves="curves.csv", other="other.csv") for f in flags]
     base = ["--data-dir", str(tiny_data_dir), "--budget", "4", "--jobs", "1", *TINY]
-    with pytest.raises(SystemExit) as exit_info:
-        run_cli(lambda: main([*base, *flags]))
-    assert exit_info.value.code == 2
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and message in err[0], err
+    assert message in refusal(main, [*base, *flags], capsys)
 
 
 def test_oracle_bootstrap_interval_brackets_the_estimate_and_narrows_with_more_runs():

@@ -17,13 +17,16 @@ import pytest
 import sqlalchemy.exc
 import torch
 
+import hpo.retrain
+import hpo.search
+import hpo.train
 from hpo.config import COMPONENTS_OFF, TrainConfig
 from hpo.data import load_cifar10, train_val_split
 from hpo.errors import HpoError
 from hpo.objective import Objective
 from hpo.space import SearchSpace
 from hpo.worker import run_worker
-from tests.conftest import write_cifar_batches
+from tests.conftest import refusal, write_cifar_batches
 from tests.searchutil import TINY, finished, run_search, search_cmd, states
 
 OFFLINE = {"HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"}
@@ -120,7 +123,7 @@ def bad_data(root, kind):
     return root
 
 
-def test_bad_inputs_are_refused_and_leave_the_study_untouched(tiny_data_dir, tmp_path):
+def test_bad_inputs_are_refused_and_leave_the_study_untouched(tiny_data_dir, tmp_path, monkeypatch, capsys):
     db = tmp_path / "s.db"
     base = ["--storage", f"sqlite:///{db}", "--epochs", "2", *TINY]
     assert run_search(*base, "--data-dir", str(tiny_data_dir), "--n-trials", "2", cwd=tmp_path).returncode == 0
@@ -145,13 +148,19 @@ def test_bad_inputs_are_refused_and_leave_the_study_untouched(tiny_data_dir, tmp
     ]
     if not torch.cuda.is_available():
         cases.append((["--device", "cuda"], "no CUDA GPU is available"))
+    monkeypatch.chdir(tmp_path)
+    for name, value in OFFLINE.items():
+        monkeypatch.setenv(name, value)
     for extra, message in cases:
+        # In this process, as the command runs it (run_cli): a new process per case would cost ~5 s of imports.
+        assert message in refusal(hpo.search.main, [*base, "--data-dir", str(tiny_data_dir), *extra], capsys), extra
+        assert digest(db) == before, extra
+    for extra, message in (cases[0], cases[-2]):  # a bad option and bad data, as separate processes too
         args = [*base, "--data-dir", str(tiny_data_dir), *extra]
         proc = subprocess.run(
             search_cmd(*args), capture_output=True, text=True, timeout=300, cwd=tmp_path, env={**os.environ, **OFFLINE}
         )
-        assert proc.returncode == 2, (extra, proc.stderr)
-        assert message in proc.stderr, (extra, proc.stderr)
+        assert proc.returncode == 2 and message in proc.stderr, (extra, proc.stderr)
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
         assert digest(db) == before, extra
     assert finished(f"sqlite:///{db}") == 2 and integrity(db) == ("ok",)
@@ -203,17 +212,11 @@ def test_refusals_leave_a_study_file_made_elsewhere_byte_for_byte_unchanged(tiny
         ('{"config": ', "is not valid JSON"),
     ],
 )
-def test_invalid_exported_config_is_refused(tiny_data_dir, tmp_path, text, message):
+def test_invalid_exported_config_is_refused(tiny_data_dir, tmp_path, text, message, capsys):
     (tmp_path / "cfg.json").write_text(text)
-    for module in ("hpo.train", "hpo.retrain"):
-        proc = subprocess.run(
-            [*search_cmd()[:2], module, "--config", "cfg.json", "--data-dir", str(tiny_data_dir), "--device", "cpu"],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            cwd=tmp_path,
-        )
-        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    for main in (hpo.train.main, hpo.retrain.main):
+        argv = ["--config", str(tmp_path / "cfg.json"), "--data-dir", str(tiny_data_dir), "--device", "cpu"]
+        assert message in refusal(main, argv, capsys)
 
 
 # ---- kill anywhere, resume: nothing lost, nothing stuck ---------------------------------------------------
