@@ -32,7 +32,7 @@ from hpo.notes import artifact_store_for, write_study_note
 from hpo.objective import CHECKPOINT_EVERY_S, OBJECTIVE_NAME, RUN_ATTR, SETTINGS_ATTR, Objective
 from hpo.packing import choose_trials_per_gpu, data_bytes, measure_trial_peak
 from hpo.parallel import die_with_parent
-from hpo.space import SearchSpace, SpaceError
+from hpo.space import Choice, SearchSpace, SpaceError
 from hpo.storage import default_storage_url, files_dir, open_storage, redact, use_wal
 from hpo.train import cpu_cores, resolve_device
 from hpo.worker import FINISHED, quiet_optuna, run_worker
@@ -455,16 +455,18 @@ def _worker_count(args: argparse.Namespace, device: torch.device, settings: Sett
 
 
 def _largest_trial(settings: Settings) -> TrainConfig:
-    """The base config with the largest batch size the space may sample, and trivial_augment when it may sample
-    that: its augmentation needs the most memory (about 0.6 GiB per 8 192-image chunk, 3x the other policies')."""
-    config = settings.base_config()
+    """The base config with the space's fixed values, the largest batch size the space may sample, and
+    trivial_augment when it may sample that: its augmentation needs the most memory (about 0.6 GiB per 8 192-image
+    chunk, 3x the other policies')."""
+    space = SearchSpace.from_dict(settings.space, source="stored search space")
+    config = space.to_config(space.fixed, settings.base_config())
 
-    def choices(name: str) -> list:
-        spec = settings.space.get(name)
-        return spec["choices"] if isinstance(spec, dict) and "choices" in spec else [getattr(config, name)]
+    def values(name: str) -> list:
+        param = space.sampled.get(name)
+        return list(param.choices) if isinstance(param, Choice) else [getattr(config, name)]
 
-    heavy = "trivial_augment" if "trivial_augment" in choices("augmentation") else config.augmentation
-    return config.replace(batch_size=max(choices("batch_size")), augmentation=heavy)
+    heavy = "trivial_augment" if "trivial_augment" in values("augmentation") else config.augmentation
+    return config.replace(batch_size=max(values("batch_size")), augmentation=heavy)
 
 
 def _warn_on_copies(val_split: Split, train_split: Split) -> None:

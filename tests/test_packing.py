@@ -90,6 +90,9 @@ def test_worker_count_on_gpus_is_k_per_gpu_from_memory_unless_given(monkeypatch,
     space = {"augmentation": {"choices": ["flip", "flip_translate_cutout"]}}
     count()
     assert measured[-1].augmentation == settings().base_config().augmentation  # no trivial_augment to sample
+    space = {"augmentation": "trivial_augment", "batch_size": 768}  # fixed values count too
+    count()
+    assert (measured[-1].augmentation, measured[-1].batch_size) == ("trivial_augment", 768)
 
 
 def test_the_pool_starts_workers_1_to_k_minus_1_beside_this_process(monkeypatch):
