@@ -11,7 +11,7 @@ import torch
 
 from hpo.config import TrainConfig
 from hpo.data import Split
-from hpo.train import EVAL_BATCH, augment_chunk, train
+from hpo.train import augment_chunk, eval_batch, train
 
 MAX_TRIALS_PER_GPU = 4
 MEMORY_MARGIN = 1.5  # over the measured peak: cuDNN may pick kernels with larger workspaces later
@@ -47,7 +47,7 @@ def measure_trial_peak(config: TrainConfig, device: torch.device) -> int:
     torch.cuda.reset_peak_memory_stats(device)
     before = torch.cuda.memory_allocated(device)
     chunk = augment_chunk(config.batch_size, device)
-    train(config.replace(epochs=1, train_subset=0), images(chunk), images(EVAL_BATCH), device)
+    train(config.replace(epochs=1, train_subset=0), images(chunk), images(eval_batch(device)), device)
     torch.cuda.synchronize(device)
     return torch.cuda.max_memory_allocated(device) - before
 

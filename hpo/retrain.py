@@ -131,7 +131,7 @@ def _train_one(config: TrainConfig, data: Cifar10, device: torch.device, threads
     """(test accuracy, training seconds, CPU weights of a seed-0 run else None) of one run."""
     if threads:
         torch.set_num_threads(threads)
-    result = train(config, data.train, data.test, device)
+    result = train(config, data.train, data.test, device, evaluate_every_epoch=False)
     return result.val_acc, result.train_seconds, _cpu_state(result.model) if config.seed == 0 else None
 
 

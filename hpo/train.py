@@ -30,7 +30,9 @@ from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.model import WHITEN_IMAGES, build_model, parameter_groups, whiten_stem
 from hpo.schedule import build_scheduler
 
-EVAL_BATCH = 1024
+# Images per evaluation batch, by device type: on the CPU small batches stay in cache (2 threads, 932 images with
+# test-time augmentation: 2.8 s at 128 against 3.7 s at 1024).
+EVAL_BATCH = {"cpu": 128, "cuda": 1024}
 LOOKAHEAD_EVERY = 5  # steps between lookahead pulls
 LOOKAHEAD_DECAY = 0.95**LOOKAHEAD_EVERY  # the EMA's decay, times progress**3 (so it acts mostly at the end)
 # Images augmented per call, by device type. An augmentation is a fixed sequence of batched kernels, so on a GPU
@@ -74,7 +76,8 @@ class TrainResult:
 
     @property
     def best_val_acc(self) -> float:
-        return max((h.val_acc for h in self.history), default=float("nan"))
+        scored = [h.val_acc for h in self.history if not math.isnan(h.val_acc)]
+        return max(scored, default=float("nan"))
 
     def summary(self) -> dict:
         """The result without the model, ready for JSON."""
@@ -104,6 +107,11 @@ def resolve_device(name: str) -> torch.device:
 def augment_chunk(batch: int, device: torch.device) -> int:
     """Images augmented per call on ``device``: as many whole batches as fit in its AUGMENT_CHUNK, at least one."""
     return batch * max(1, AUGMENT_CHUNK.get(device.type, AUGMENT_CHUNK["cuda"]) // batch)
+
+
+def eval_batch(device: torch.device) -> int:
+    """Images per evaluation batch on ``device``."""
+    return EVAL_BATCH.get(device.type, EVAL_BATCH["cuda"])
 
 
 def device_batches(data: Split, config: TrainConfig, gen: torch.Generator, dtype: torch.dtype) -> BatchSource:
@@ -158,9 +166,10 @@ def evaluate(
     correct = torch.zeros((), device=device)
     loss = torch.zeros((), device=device)
     layout = torch.channels_last if channels_last else torch.contiguous_format
-    for start in range(0, len(data), EVAL_BATCH):
-        x = data.images[start : start + EVAL_BATCH].to(device, non_blocking=True)
-        y = data.labels[start : start + EVAL_BATCH].to(device, non_blocking=True)
+    batch = eval_batch(device)
+    for start in range(0, len(data), batch):
+        x = data.images[start : start + batch].to(device, non_blocking=True)
+        y = data.labels[start : start + batch].to(device, non_blocking=True)
         with _autocast(device):
             logits = predict(model, normalize(x).contiguous(memory_format=layout), tta_level)
         loss += nn.functional.cross_entropy(logits, y, reduction="sum")
@@ -206,6 +215,7 @@ def train(
     checkpoint: Path | None = None,
     checkpoint_every: float = 0.0,
     on_first_step: Callable[[], None] | None = None,
+    evaluate_every_epoch: bool = True,
 ) -> TrainResult:
     """Train ``config`` on ``train_data``, evaluating on ``eval_data`` after every epoch.
 
@@ -214,6 +224,8 @@ def train(
     every that many seconds, at the last epoch, and when an exception or interrupt ends training), and a checkpoint
     already there for the same config is resumed from: its epochs are replayed to ``on_epoch`` and training
     continues after them. ``on_first_step`` is called once, when the first optimizer step has run.
+    With ``evaluate_every_epoch=False`` only the last epoch is scored; the others report NaN accuracy and loss
+    (the retrain scores the test set once: a 6-epoch CPU run of the default search's size took 7 % less time).
     """
     device = torch.device(device)
     if device.type == "cuda":
@@ -297,7 +309,10 @@ def train(
                 # Test-time augmentation scores the final model only; the epochs before feed the pruner, which
                 # compares trials at the same epoch, so plain accuracy is enough there and 6x cheaper.
                 tta_level = config.tta_level if epoch == config.epochs else 0
-                val_acc, val_loss = evaluate(model, eval_data, device, tta_level, channels_last)
+                if evaluate_every_epoch or epoch == config.epochs:
+                    val_acc, val_loss = evaluate(model, eval_data, device, tta_level, channels_last)
+                else:
+                    val_acc, val_loss = math.nan, math.nan
                 lr = scheduler.get_last_lr()[-1]
                 stats = EpochStats(epoch, val_acc, val_loss, train_loss, time.perf_counter() - start, lr, tta_level)
                 if saver is not None:

@@ -483,3 +483,20 @@ def test_retrain_trains_in_parallel_only_on_a_cpu_and_only_runs_worth_a_process(
     assert hpo.retrain.cpu_jobs(torch.device("cpu"), big, data) == cores
     assert hpo.retrain.cpu_jobs(torch.device("cpu"), big, data, train_subset=50) == 1  # half the images
     assert hpo.retrain.cpu_jobs(torch.device("cuda"), big, data) == 1
+
+
+def test_a_retrain_run_scores_the_test_set_once_after_its_last_epoch(tmp_path, tiny_data_dir, monkeypatch):
+    import hpo.retrain
+    import hpo.train
+    from hpo.data import load_cifar10
+
+    data = load_cifar10(tiny_data_dir, download=False)
+    scored = []
+    evaluate = hpo.train.evaluate
+    monkeypatch.setattr(
+        hpo.train, "evaluate", lambda m, split, *a, **k: scored.append(len(split)) or evaluate(m, split, *a, **k)
+    )
+    candidates = [hpo.retrain.Candidate("a", TINY_CONFIG.replace(epochs=3))]
+    record = hpo.retrain.retrain(candidates, data, torch.device("cpu"), 2, tmp_path / "w", jobs=1)
+    assert scored == [len(data.test)] * 2  # two seeds, one test-set score each
+    assert all(0 <= acc <= 1 for acc in record["candidates"][0]["test_acc"])

@@ -1,4 +1,5 @@
 import json
+import math
 import subprocess
 import sys
 
@@ -9,7 +10,17 @@ import hpo.train
 from hpo.augment import get_policy
 from hpo.config import COMPONENTS_OFF, TrainConfig
 from hpo.data import Split, load_cifar10, train_val_split
-from hpo.train import AUGMENT_CHUNK, augment_chunk, device_batches, resolve_device, train
+from hpo.model import build_model
+from hpo.train import (
+    AUGMENT_CHUNK,
+    EVAL_BATCH,
+    augment_chunk,
+    device_batches,
+    eval_batch,
+    evaluate,
+    resolve_device,
+    train,
+)
 
 TINY = dict(widths=(8, 16, 16), stem_width=8, batch_size=16, epochs=2)
 
@@ -82,6 +93,33 @@ def test_callback_sees_every_epoch_and_can_stop(splits):
     result = train(TrainConfig(**{**TINY, "epochs": 5}), *splits, on_epoch=stop_after_two)
     assert [s[0] for s in seen] == [1, 2]
     assert result.epochs_run == 2 and result.stopped_early
+
+
+def test_scoring_only_the_last_epoch_trains_the_same_model_and_evaluates_once(splits, monkeypatch):
+    config = TrainConfig(**{**TINY, "epochs": 3})
+    every = train(config, *splits)
+    evaluations = []
+    evaluate = hpo.train.evaluate
+    monkeypatch.setattr(hpo.train, "evaluate", lambda *a, **k: evaluations.append(a[3]) or evaluate(*a, **k))
+    last = train(config, *splits, evaluate_every_epoch=False)
+    assert evaluations == [config.tta_level]  # once, after the last epoch, with the config's TTA
+    assert [math.isnan(h.val_acc) and math.isnan(h.val_loss) for h in last.history] == [True, True, False]
+    assert (last.val_acc, last.val_loss) == (every.val_acc, every.val_loss)
+    assert last.best_val_acc == last.val_acc
+    assert all(torch.equal(p, q) for p, q in zip(every.model.state_dict().values(), last.model.state_dict().values()))
+
+
+def test_evaluation_runs_in_batches_sized_for_the_device_with_the_same_scores(monkeypatch):
+    assert eval_batch(torch.device("cpu")) == 128 and eval_batch(torch.device("cuda")) == 1024
+    data = Split(torch.randint(0, 256, (300, 3, 32, 32), dtype=torch.uint8), torch.arange(300) % 10)
+    model = build_model(TrainConfig(**TINY))
+    sizes = []
+    model.register_forward_hook(lambda module, args, out: sizes.append(len(args[0])))
+    batched = evaluate(model, data, torch.device("cpu"))
+    assert sizes == [128, 128, 44]
+    monkeypatch.setitem(EVAL_BATCH, "cpu", 1024)
+    whole = evaluate(model, data, torch.device("cpu"))
+    assert batched[0] == whole[0] and batched[1] == pytest.approx(whole[1], rel=1e-5)
 
 
 def test_callback_exception_propagates(splits):
