@@ -80,6 +80,15 @@ def load_cifar10(data_dir: str | Path = "data", *, download: bool = True) -> Cif
     return data
 
 
+def content_digest(data: Cifar10) -> str:
+    """SHA-256 of both splits' images and labels: names the data a stored result was computed on."""
+    digest = hashlib.sha256()
+    for split in (data.train, data.test):
+        for tensor in (split.images, split.labels):
+            digest.update(tensor.cpu().contiguous().numpy())
+    return digest.hexdigest()
+
+
 def train_val_split(train: Split, val_fraction: float = 0.1, seed: int = 0) -> tuple[Split, Split]:
     """A seeded random split of the training set; the search scores on the validation part only."""
     if not 0 < val_fraction < 1:

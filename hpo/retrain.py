@@ -20,7 +20,7 @@ import torch
 from optuna.artifacts import upload_artifact
 
 from hpo.config import RECIPE_LABEL, TrainConfig, load_config
-from hpo.data import Cifar10, load_cifar10
+from hpo.data import Cifar10, content_digest, load_cifar10
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import ranked_trials, trial_config
 from hpo.notes import artifact_store_for, set_retrain_section
@@ -91,6 +91,7 @@ def retrain(
         "device": str(device),
         "seeds": list(range(n_seeds)),
         "train_images": len(data.train.first(train_subset)),
+        "data": content_digest(data),
         "test_images": len(data.test),
         "candidates": results,
         "weights": str(weights_dir / "model.pt") if weights_dir else None,
@@ -197,15 +198,54 @@ def study_recipe(study: optuna.Study) -> TrainConfig | None:
 
 
 def retrain_study(
-    study: optuna.Study, data: Cifar10, device: torch.device, n_seeds: int, folder: Path, jobs: int | None = None
+    study: optuna.Study,
+    data: Cifar10,
+    device: torch.device,
+    n_seeds: int,
+    folder: Path,
+    jobs: int | None = None,
+    reuse: bool = False,
 ) -> dict:
-    """Retrain a study's best and runner-up, store the result in the study, save weights under ``folder``."""
+    """Retrain a study's best and runner-up, store the result in the study, save weights under ``folder``.
+    With ``reuse``, a stored retrain of the same candidates, seeds, data and device type is returned instead."""
     weights = folder / f"{study.study_name}-best"
     candidates = study_candidates(study)
+    stored = study.user_attrs.get(RETRAIN_ATTR)
+    if reuse and covers(stored, candidates, n_seeds, data, device, weights / "model.pt"):
+        print(
+            f"retrain: the study's retrain of {stored['date']} trained these configs with these seeds on this data: "
+            "reused (python -m hpo.retrain trains them anew)",
+            flush=True,
+        )
+        return stored
     jobs = cpu_jobs(device, candidates, data) if jobs is None else jobs
     record = retrain(candidates, data, device, n_seeds, weights, jobs=jobs)
     store_result(study, record, folder)
     return record
+
+
+def covers(
+    record: dict | None,
+    candidates: list[Candidate],
+    n_seeds: int,
+    data: Cifar10,
+    device: torch.device,
+    weights_file: Path,
+) -> bool:
+    """Did this stored retrain train exactly ``candidates`` with seeds 0..n_seeds-1 on ``data`` (all of it), on this
+    device type, and are its saved weights still in ``weights_file``?"""
+    if not record or "data" not in record:
+        return False  # none yet, or stored by a version that did not record the data
+    stored = [(c["label"], c["trial_number"], c["config"]) for c in record["candidates"]]
+    return (
+        stored == [(c.label, c.trial_number, c.config.to_dict()) for c in candidates]
+        and record["seeds"] == list(range(n_seeds))
+        and record["train_images"] == len(data.train)
+        and record["data"] == content_digest(data)
+        and torch.device(record["device"]).type == device.type
+        and record.get("weights") == str(weights_file)
+        and weights_file.is_file()
+    )
 
 
 def store_result(study: optuna.Study, record: dict, folder: Path) -> None:

@@ -257,7 +257,7 @@ def finish_pipeline(study: optuna.Study, storage_url: str, data, device: torch.d
         "scored on the test set (skip with --no-retrain)",
         flush=True,
     )
-    retrain_study(study, data, device, seeds or default_seeds(device), files_dir(storage_url))
+    retrain_study(study, data, device, seeds or default_seeds(device), files_dir(storage_url), reuse=True)
     out_dir = Path("reports") / study.study_name
     write_report(study, out_dir)
     (out_dir / "best-config.json").write_text(dump(export_document(study, ranked[0], storage_url), "json"))

@@ -500,3 +500,46 @@ def test_a_retrain_run_scores_the_test_set_once_after_its_last_epoch(tmp_path, t
     record = hpo.retrain.retrain(candidates, data, torch.device("cpu"), 2, tmp_path / "w", jobs=1)
     assert scored == [len(data.test)] * 2  # two seeds, one test-set score each
     assert all(0 <= acc <= 1 for acc in record["candidates"][0]["test_acc"])
+
+
+def test_a_search_rerun_reuses_the_stored_retrain_only_when_it_covers_the_same_runs(
+    tmp_path, tiny_data_dir, monkeypatch
+):
+    import hpo.retrain
+    from hpo.data import Cifar10, Split, load_cifar10
+
+    seeds = []
+
+    def fake_train(config, *args, **kwargs):
+        seeds.append(config.seed)
+        return _Result(0.5 + 0.01 * config.seed, fill=0.0)
+
+    monkeypatch.setattr(hpo.retrain, "train", fake_train)
+    recipe = TrainConfig.recipe(batch_size=16, epochs=2, widths=(8, 16, 16))
+    study = _study_with_two_trials(f"sqlite:///{tmp_path / 's.db'}", [recipe.replace(lr=0.5), recipe.replace(lr=0.4)])
+    data = load_cifar10(tiny_data_dir, download=False)
+    relabelled = Cifar10(data.train, Split(data.test.images, (data.test.labels + 1) % 10))
+    cpu = torch.device("cpu")
+
+    def runs(data=data, n_seeds=2, reuse=True) -> int:
+        before = len(seeds)
+        hpo.retrain.retrain_study(study, data, cpu, n_seeds, tmp_path, jobs=1, reuse=reuse)
+        return len(seeds) - before
+
+    assert runs() == 6  # best, runner-up and the recipe, 2 seeds each
+    stored = study.user_attrs["retrain"]
+    assert runs() == 0 and study.user_attrs["retrain"] == stored  # the same runs: reused
+    assert runs(reuse=False) == 6  # python -m hpo.retrain always trains
+    assert runs(data=relabelled) == 6 and runs() == 6  # other data, then back
+    (tmp_path / "cifar10-best" / "model.pt").unlink()
+    assert runs() == 6  # the weights are gone
+    assert runs(n_seeds=3) == 9
+    record, candidates = study.user_attrs["retrain"], hpo.retrain.study_candidates(study)
+    weights = tmp_path / "cifar10-best" / "model.pt"
+    assert hpo.retrain.covers(record, candidates, 3, data, cpu, weights)
+    assert not hpo.retrain.covers(record, candidates, 3, data, torch.device("cuda"), weights)
+    assert not hpo.retrain.covers(record, candidates[:2], 3, data, cpu, weights)
+    assert not hpo.retrain.covers({k: v for k, v in record.items() if k != "data"}, candidates, 3, data, cpu, weights)
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "elsewhere" / "model.pt").write_bytes(weights.read_bytes())
+    assert not hpo.retrain.covers(record, candidates, 3, data, cpu, tmp_path / "elsewhere" / "model.pt")

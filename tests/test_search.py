@@ -336,6 +336,13 @@ def test_cli_on_the_real_subset_with_default_storage_and_optuna_cli(subset_dir, 
     from hpo.export import trial_config
 
     assert load_config(report / "best-config.json") == trial_config(study.best_trial)
+    # The same command again: nothing left to search, and the stored retrain covers the same runs, so it is reused.
+    (report / "summary.md").unlink()
+    again = run_search(*args, cwd=tmp_path, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "reused" in again.stdout and "test acc" not in again.stdout
+    assert optuna.load_study(study_name="cifar10", storage=url).user_attrs["retrain"]["date"] == record["date"]
+    assert "**Did the search beat the defaults?**" in (report / "summary.md").read_text()
 
 
 # ---- what the README promises about options --------------------------------------------------------------
