@@ -45,7 +45,11 @@ def run_worker(
     """Run trials until the study has ``n_trials`` finished (complete or pruned) trials, or the ``deadline``
     (``time.time()``) passes: then no trial starts, and the objective stops a running one at its next epoch."""
     finished = len(study.get_trials(deepcopy=False, states=FINISHED))
-    progress = tqdm(total=n_trials, initial=min(finished, n_trials), unit="trial", disable=not bar, dynamic_ncols=True)
+    # disable=None: tqdm draws the bar only on a terminal, so a log file (nohup, CI) gets the trial lines without
+    # hundreds of carriage-return redraws.
+    progress = tqdm(
+        total=n_trials, initial=min(finished, n_trials), unit="trial", disable=None if bar else True, dynamic_ncols=True
+    )
     failures: list[str] = []
     has_heartbeat = bool(heartbeat_interval(study._storage))
     with progress, sigterm_as_interrupt(), warnings.catch_warnings(), contextlib.closing(objective):
