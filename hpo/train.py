@@ -104,14 +104,19 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _for_device(table: dict[str, int], device: torch.device) -> int:
+    """The device type's entry of a per-device table; accelerators other than CUDA take CUDA's."""
+    return table.get(device.type, table["cuda"])
+
+
 def augment_chunk(batch: int, device: torch.device) -> int:
     """Images augmented per call on ``device``: as many whole batches as fit in its AUGMENT_CHUNK, at least one."""
-    return batch * max(1, AUGMENT_CHUNK.get(device.type, AUGMENT_CHUNK["cuda"]) // batch)
+    return batch * max(1, _for_device(AUGMENT_CHUNK, device) // batch)
 
 
 def eval_batch(device: torch.device) -> int:
     """Images per evaluation batch on ``device``."""
-    return EVAL_BATCH.get(device.type, EVAL_BATCH["cuda"])
+    return _for_device(EVAL_BATCH, device)
 
 
 def device_batches(data: Split, config: TrainConfig, gen: torch.Generator, dtype: torch.dtype) -> BatchSource:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 import pickle
 import random
 import signal
 import sqlite3
 import subprocess
+import sys
 import threading
 import time
 
@@ -379,29 +381,15 @@ def test_soak_four_workers_and_a_reader(tiny_data_dir, tmp_path):
     print(f"\nsoak: 4 workers, {n} trials, {reads} concurrent reads, {len(errors)} lock/read failures")
 
 
-class _Stream:
-    """A text stream that says whether it is a terminal."""
-
-    def __init__(self, tty: bool) -> None:
-        self.tty, self.text = tty, []
-
+class _Terminal(io.StringIO):
     def isatty(self) -> bool:
-        return self.tty
-
-    def write(self, s: str) -> int:
-        self.text.append(s)
-        return len(s)
-
-    def flush(self) -> None:
-        pass
+        return True
 
 
 @pytest.mark.parametrize("tty", [True, False])
 def test_the_progress_bar_is_drawn_on_a_terminal_only_and_the_trial_lines_always(objective, monkeypatch, capsys, tty):
-    import sys
-
-    stream = _Stream(tty)
+    stream = _Terminal() if tty else io.StringIO()
     monkeypatch.setattr(sys, "stderr", stream)
     run_worker(optuna.create_study(direction="maximize"), objective, n_trials=2, deadline=None, bar=True)
-    assert ("trial/s" in "".join(stream.text)) == tty
+    assert ("trial/s" in stream.getvalue()) == tty
     assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()] == [["trial", "0"], ["trial", "1"]]
