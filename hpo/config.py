@@ -159,18 +159,31 @@ class TrainConfig:
         return json.dumps(self.to_dict(), indent=2)
 
 
-def load_config(path: str | Path) -> TrainConfig:
-    """Read a config from JSON or YAML. Exported files wrap it as ``{"config": {...}, "provenance": {...}}``."""
+def read_yaml_or_json(path: str | Path, what: str, error: type[HpoError]) -> Any:
+    """A ``.yaml``/``.yml`` file parsed as YAML, any other as JSON; a file that cannot be read or parsed raises
+    ``error`` with one line naming the ``what`` file and, for a syntax error, where it is."""
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as err:
-        raise ConfigError(f"cannot read config file {path}: {err.strerror}") from None
-    is_yaml = path.suffix in (".yaml", ".yml")  # anything else is read as JSON, and reported as such
+        raise error(f"cannot read {what} file {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise error(f"{what} file {path} is not a text file (not UTF-8): give a YAML or JSON file") from None
+    is_yaml = path.suffix in (".yaml", ".yml")
     try:
-        data = yaml.safe_load(text) if is_yaml else json.loads(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as err:
-        raise ConfigError(f"{path} is not valid {'YAML' if is_yaml else 'JSON'}: {err}") from None
+        return yaml.safe_load(text) if is_yaml else json.loads(text)
+    except json.JSONDecodeError as err:
+        raise error(f"{what} file {path} is not valid JSON: {err} (YAML files must end in .yaml or .yml)") from None
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise error(f"{what} file {path} is not valid YAML: {problem}{where}") from None
+
+
+def load_config(path: str | Path) -> TrainConfig:
+    """Read a config from JSON or YAML. Exported files wrap it as ``{"config": {...}, "provenance": {...}}``."""
+    data = read_yaml_or_json(path, "config", ConfigError)
     if isinstance(data, dict) and "config" in data:
         data = data["config"]
     return TrainConfig.from_dict(data, source=str(path))
@@ -217,7 +230,7 @@ def _validate(c: TrainConfig) -> None:
     _check(0 <= c.weight_decay < 1, f"weight_decay must be in [0, 1), got {c.weight_decay}")
     _check(0 <= c.dropout < 1, f"dropout must be in [0, 1), got {c.dropout}")
     _check(0 <= c.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {c.label_smoothing}")
-    _check(0 < c.warmup_fraction < 1, f"warmup_fraction must be in (0, 1), got {c.warmup_fraction}")
+    _check(0 <= c.warmup_fraction < 1, f"warmup_fraction must be in [0, 1), got {c.warmup_fraction}")
     _check(0 <= c.final_lr_fraction < 1, f"final_lr_fraction must be in [0, 1), got {c.final_lr_fraction}")
     _check(1 <= c.batch_size <= 65536, f"batch_size must be in [1, 65536], got {c.batch_size}")
     _check(1 <= c.epochs <= 1000, f"epochs must be in [1, 1000], got {c.epochs}")

@@ -28,9 +28,10 @@ def build_scheduler(optimizer: Optimizer, config: TrainConfig, total_steps: int)
     if name == "cosine":
         return sched.CosineAnnealingLR(optimizer, T_max=total_steps, eta_min=0.0)
     if name == "onecycle":
-        # airbench's triangle: linear warmup from ONECYCLE_START x peak, then linear decay to final_lr_fraction.
-        # (torch's OneCycleLR never quite reaches the peak on short runs and also cycles momentum.)
-        warmup = max(1, round(config.warmup_fraction * total_steps))
+        # airbench's triangle: linear warmup from ONECYCLE_START x peak, then linear decay to final_lr_fraction;
+        # with no warm-up steps it starts at the peak. (torch's OneCycleLR never quite reaches the peak on short
+        # runs and also cycles momentum.)
+        warmup = round(config.warmup_fraction * total_steps)
         end = config.final_lr_fraction
 
         def triangle(step: int) -> float:

@@ -22,15 +22,13 @@ A space file (YAML or JSON) changes the defaults per parameter::
 from __future__ import annotations
 
 import dataclasses
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 
-from hpo.config import ConfigError, TrainConfig
+from hpo.config import ConfigError, TrainConfig, read_yaml_or_json
 from hpo.errors import HpoError
 
 
@@ -107,14 +105,7 @@ class SearchSpace:
         """The default space with a file's changes applied; ``None`` gives the default space."""
         if path is None:
             return cls.default()
-        path = Path(path)
-        try:
-            text = path.read_text()
-            data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else json.loads(text)
-        except OSError as err:
-            raise SpaceError(f"cannot read space file {path}: {err.strerror}") from None
-        except (json.JSONDecodeError, yaml.YAMLError) as err:
-            raise SpaceError(f"space file {path} is not valid YAML/JSON: {str(err).splitlines()[0]}") from None
+        data = read_yaml_or_json(path, "space", SpaceError)
         return cls.from_dict(data or {}, source=str(path))
 
     @classmethod

@@ -73,6 +73,26 @@ def test_unreadable_and_malformed_files_give_clear_errors(tmp_path):
         load_config(tmp_path / "bad.json")
 
 
+@pytest.mark.parametrize(
+    ("name", "content", "message"),
+    [
+        ("binary.yaml", b"\x00\xff\xfe", "binary.yaml is not a text file (not UTF-8)"),
+        ("bad.yaml", b"lr: [1, 2\n", "bad.yaml is not valid YAML: expected ',' or ']', but got '<stream end>' at line"),
+        ("indent.yml", b"lr: 1\n  momentum: 2\n", "indent.yml is not valid YAML: mapping values are not allowed here"),
+        ("bad.json", b"{lr: ", "bad.json is not valid JSON: Expecting property name"),
+    ],
+)
+def test_config_and_space_files_that_do_not_parse_are_refused_in_one_line(tmp_path, name, content, message):
+    from hpo.space import SearchSpace, SpaceError
+
+    path = tmp_path / name
+    path.write_bytes(content)
+    for load, error, what in ((load_config, ConfigError, "config"), (SearchSpace.load, SpaceError, "space")):
+        with pytest.raises(error) as err:
+            load(path)
+        assert f"{what} file {tmp_path}/{message}" in str(err.value) and "\n" not in str(err.value)
+
+
 def test_a_file_read_as_json_is_reported_as_json_whatever_its_suffix(tmp_path):
     for name in ("bad.txt", "bad.cfg", "bad"):
         (tmp_path / name).write_text("{lr: ")

@@ -43,6 +43,11 @@ def test_onecycle_warms_up_to_peak_then_decays_linearly_to_the_final_fraction(fi
     assert all(a >= b for a, b in zip(v[peak:], v[peak + 1 :]))
 
 
+def test_onecycle_without_warmup_starts_at_the_peak():
+    v = curve("onecycle", steps=100, warmup_fraction=0.0, final_lr_fraction=0.0)
+    assert v[0] == 1.0 and v[50] == pytest.approx(0.5) and v[-1] == pytest.approx(0.0, abs=1e-9)
+
+
 def test_exponential_ends_at_one_percent():
     v = curve("exponential", lr=2.0)
     assert v[0] == 2.0 and v[-1] == pytest.approx(0.02)

@@ -27,6 +27,13 @@ def test_default_ranges_contain_airbench94_and_our_default_config():
     assert contains(DEFAULT_SPACE["lr_decoupled"], lr_d) and contains(DEFAULT_SPACE["wd_decoupled"], wd_d)
 
 
+@pytest.mark.parametrize("name", sorted(OPTIONAL))
+def test_every_optional_parameter_can_be_enabled_with_its_documented_range(name):
+    param = OPTIONAL[name]  # the range the README's table gives
+    spec = {"low": param.low, "high": param.high} if isinstance(param, Float) else {"choices": list(param.choices)}
+    assert SearchSpace.from_dict({name: spec}).sampled[name] == param
+
+
 def test_suggest_samples_every_default_parameter_and_converts_units():
     space = SearchSpace.default()
     trial = optuna.trial.FixedTrial(
@@ -108,7 +115,7 @@ def test_describe_round_trips():
         ("scheduler: {choices: []}\n", "at least one value"),
         ("momentum: 1.5\n", "momentum"),
         ("dropout: {low: 0.0, high: 1.5}\n", "dropout must be in"),
-        ("lr_decoupled: [1, 2\n", "not valid YAML/JSON"),
+        ("lr_decoupled: [1, 2\n", "not valid YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1"),
         ("- 1\n- 2\n", "expected a mapping"),
     ],
 )
