@@ -39,7 +39,7 @@ from hpo.bench_packing import packing_benchmark
 from hpo.bench_search import DEFAULT_STRATEGIES, default_jobs, search_benchmark
 from hpo.config import COMPONENTS_OFF, TrainConfig
 from hpo.data import Cifar10, Split, load_cifar10, train_val_split
-from hpo.errors import ArgumentParser, HpoError, run_cli
+from hpo.errors import ArgumentParser, HpoError, output_folder, run_cli
 from hpo.search import CPU_DEFAULTS
 from hpo.space import SearchSpace
 from hpo.stats import summarize
@@ -399,6 +399,8 @@ def main(argv: list[str] | None = None) -> int:
     if any(k < 1 for k in args.k or []):
         raise HpoError(f"--k values must be at least 1, got {args.k}")
 
+    if args.search:
+        output_folder(Path(args.out), "--out")  # refused now, not after the studies
     device = resolve_device(args.device)
     if args.packing:
         packing_benchmark(args, device)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -54,3 +56,26 @@ class ArgumentParser(argparse.ArgumentParser):
 
     def error(self, message: str) -> NoReturn:
         raise HpoError(f"{message} (see {self.prog} --help)")
+
+
+def output_folder(path: Path, flag: str) -> Path:
+    """Create the folder an output goes to now, before any work, or refuse it in one line naming ``flag``."""
+    if path.exists() and not path.is_dir():
+        raise HpoError(f"{path} is a file, not a folder: pass another {flag}")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as err:  # a file in the way, no permission, a read-only file system
+        raise HpoError(f"cannot write to {path} ({err.strerror}): pass another {flag}") from None
+    if not os.access(path, os.W_OK):
+        raise HpoError(f"cannot write to {path} (permission denied): pass another {flag}")
+    return path
+
+
+def output_file(path: Path, flag: str) -> Path:
+    """Check, before any work, that the file ``path`` can be written (its folder is created if missing)."""
+    if path.is_dir():
+        raise HpoError(f"{path} is a folder: pass another {flag}, a file name")
+    output_folder(path.parent, flag)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise HpoError(f"cannot write to {path} (permission denied): pass another {flag}")
+    return path

@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from hpo.config import TTA_NAMES  # noqa: E402
-from hpo.errors import ArgumentParser, HpoError, run_cli  # noqa: E402
+from hpo.errors import ArgumentParser, output_folder, run_cli  # noqa: E402
 from hpo.objective import RETRAIN_ATTR, RUN_ATTR, SETTINGS_ATTR  # noqa: E402
 from hpo.retrain import defaults_verdict  # noqa: E402
 from hpo.storage import default_storage_url, load_existing_study  # noqa: E402
@@ -359,10 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output-dir", type=Path, help="default reports/<study-name>/")
     args = p.parse_args(argv)
     out_dir = args.output_dir or Path("reports") / args.study_name
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise HpoError(f"cannot write the report to {out_dir} ({err.strerror}): pass another --output-dir") from None
+    output_folder(out_dir, "--output-dir")
     study = load_existing_study(args.study_name, args.storage or default_storage_url(args.study_name))
     print(write_report(study, out_dir))
     print(f"written to {out_dir}/ (summary.md, summary.html, trials.csv, *.png)")

@@ -21,7 +21,7 @@ from optuna.artifacts import upload_artifact
 
 from hpo.config import RECIPE_LABEL, TrainConfig, load_config
 from hpo.data import Cifar10, content_digest, load_cifar10
-from hpo.errors import ArgumentParser, HpoError, run_cli
+from hpo.errors import ArgumentParser, HpoError, output_file, run_cli
 from hpo.export import ranked_trials, trial_config
 from hpo.notes import artifact_store_for, set_retrain_section
 from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR
@@ -300,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
     ):
         if value is not None and value < minimum:
             raise HpoError(f"--{name} must be at least {minimum}, got {value}")
+    if args.output:
+        output_file(args.output, "--output")  # refused now, not after the runs
     device = resolve_device(args.device)
     n_seeds = args.seeds or default_seeds(device)
     study = None

@@ -26,7 +26,7 @@ from hpo.augment import alternating_flips, get_policy, normalize
 from hpo.checkpoint import Checkpointer, history_to_dicts, load_checkpoint, restore_rng, rng_state
 from hpo.config import TrainConfig, load_config
 from hpo.data import Split, load_cifar10, train_val_split
-from hpo.errors import ArgumentParser, HpoError, run_cli
+from hpo.errors import ArgumentParser, HpoError, output_file, run_cli
 from hpo.model import WHITEN_IMAGES, build_model, parameter_groups, whiten_stem
 from hpo.schedule import build_scheduler
 
@@ -412,6 +412,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share of the train set")
     parser.add_argument("--output", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
+    if args.output:
+        output_file(args.output, "--output")  # refused now, not after the training
 
     config = load_config(args.config) if args.config else TrainConfig()
     if args.set:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import pathlib
 import pickle
 import random
 import signal
@@ -19,6 +20,8 @@ import pytest
 import sqlalchemy.exc
 import torch
 
+import hpo.bench
+import hpo.report
 import hpo.retrain
 import hpo.search
 import hpo.train
@@ -219,6 +222,31 @@ def test_invalid_exported_config_is_refused(tiny_data_dir, tmp_path, text, messa
     for main in (hpo.train.main, hpo.retrain.main):
         argv = ["--config", str(tmp_path / "cfg.json"), "--data-dir", str(tiny_data_dir), "--device", "cpu"]
         assert message in refusal(main, argv, capsys)
+
+
+@pytest.mark.parametrize("where", ["under a file", "a folder", "unwritable"])
+def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(tmp_path, where, capsys):
+    (tmp_path / "a-file").write_text("")
+    path, message = {
+        "under a file": (tmp_path / "a-file" / "out", "a-file"),  # "is a file, not a folder" or "Not a directory"
+        "a folder": (tmp_path, "is a folder: pass another --output, a file name"),
+        "unwritable": (pathlib.Path("/proc/no-such-folder/out"), "cannot write to /proc/no-such-folder"),
+    }[where]
+    # No data and no study exist: a refusal that names the output came before any loading or training.
+    no_data = ["--data-dir", str(tmp_path / "no-data"), "--device", "cpu"]
+    commands = [
+        (hpo.train.main, [*no_data, "--output", str(path)]),
+        (hpo.retrain.main, [*no_data, "--output", str(path), "--storage", f"sqlite:///{tmp_path}/none.db"]),
+    ]
+    if where != "a folder":  # these two take folders
+        commands += [
+            (hpo.bench.main, [*no_data, "--search", "--out", str(path)]),
+            (hpo.report.main, ["--output-dir", str(path), "--storage", f"sqlite:///{tmp_path}/none.db"]),
+        ]
+    for main, argv in commands:
+        line = refusal(main, argv, capsys)
+        assert message in line and "pass another" in line, main.__module__
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
 # ---- kill anywhere, resume: nothing lost, nothing stuck ---------------------------------------------------
