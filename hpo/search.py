@@ -33,7 +33,7 @@ from hpo.objective import CHECKPOINT_EVERY_S, OBJECTIVE_NAME, RUN_ATTR, SETTINGS
 from hpo.packing import choose_trials_per_gpu, data_bytes, measure_trial_peak
 from hpo.parallel import die_with_parent
 from hpo.space import Choice, SearchSpace, SpaceError
-from hpo.storage import default_storage_url, files_dir, open_storage, redact, use_wal
+from hpo.storage import default_storage_url, files_dir, new_sqlite_file, open_storage, redact, use_wal
 from hpo.train import cpu_cores, resolve_device
 from hpo.worker import FINISHED, quiet_optuna, run_worker
 
@@ -150,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, cpu_cores() // int(os.environ.get(COUNT_ENV, 1))))
     inherited = os.environ.get(STORAGE_ENV) if is_worker else None
     storage_url = args.storage or inherited or default_storage_url(args.study_name)
-    storage = open_storage(storage_url, heartbeat_interval=args.heartbeat or None)
-
-    existing = _existing_settings(storage, args.study_name)
+    # A SQLite file that does not exist yet holds no study: it is created only once every check has passed, so a
+    # refused first command leaves no empty study file behind.
+    storage = None if new_sqlite_file(storage_url) else open_storage(storage_url, args.heartbeat or None)
+    existing = _existing_settings(storage, args.study_name) if storage is not None else None
     defaults = CPU_DEFAULTS if device.type == "cpu" else GPU_DEFAULTS
     settings = _resolve_settings(args, space, existing, defaults)
     n_trials = settings.n_trials
@@ -169,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
 
     first = [] if is_worker else _first_trials(settings, enqueue, warm=existing is None and not args.no_warm_start)
     data = load_cifar10(args.data_dir)  # before touching the study: bad data must not leave an empty study behind
+    if storage is None:
+        storage = open_storage(storage_url, args.heartbeat or None)
     study = _create_or_load_study(storage, args.study_name, settings, existing)
     use_wal(storage_url)  # only now: every check that may refuse the run has passed
     if not is_worker:

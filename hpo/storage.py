@@ -54,6 +54,17 @@ def files_dir(url: str) -> Path:
     return Path("studies")
 
 
+def new_sqlite_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite file that does not exist yet (opening it would create the file)."""
+    if not url.startswith("sqlite:///"):
+        return False
+    try:
+        database = make_url(url).database
+    except (ArgumentError, ValueError):
+        return False  # malformed: open_storage says so
+    return bool(database) and not Path(database).exists()
+
+
 def open_storage(url: str, heartbeat_interval: int | None = 30) -> BaseStorage:
     """An Optuna storage for ``url``; a malformed or unreachable URL is an ``HpoError`` naming the problem."""
     if url.startswith("journal:"):

@@ -1,5 +1,6 @@
 import pickle
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,15 +72,21 @@ def test_missing_data_offline_says_where_to_put_it(tmp_path):
         load_cifar10(tmp_path / "nothing", download=False)
 
 
-def test_missing_data_with_failing_download_says_where_to_put_it(tmp_path, monkeypatch):
+def test_missing_data_with_failing_download_says_where_to_put_it_and_leaves_no_folder(tmp_path, monkeypatch):
     import torchvision.datasets.cifar as cifar
 
-    def offline(*args, **kwargs):
+    def offline(url, download_root, **kwargs):
+        Path(download_root).mkdir(parents=True, exist_ok=True)  # as torchvision's download does, before failing
         raise OSError("network is unreachable")
 
     monkeypatch.setattr(cifar, "download_and_extract_archive", offline)
     with pytest.raises(DataError, match="download failed.*cifar-10-python.tar.gz"):
-        load_cifar10(tmp_path / "nothing", download=True)
+        load_cifar10(tmp_path / "new" / "nothing", download=True)
+    assert list(tmp_path.iterdir()) == []  # the folders the failed download made are gone
+    (tmp_path / "mine").mkdir()
+    with pytest.raises(DataError, match="download failed"):
+        load_cifar10(tmp_path / "mine" / "nothing", download=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # a folder that was there before stays
 
 
 def test_truncated_batch_is_reported(tiny_data_dir):

@@ -555,6 +555,22 @@ def test_bad_flags_are_refused_before_any_work(tmp_path, monkeypatch, args, mess
     assert list(tmp_path.iterdir()) == []  # no study file, no data download, nothing
 
 
+def test_a_refused_first_command_leaves_no_study_file(tmp_path, tiny_data_dir, monkeypatch):
+    from hpo.errors import HpoError
+    from hpo.search import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "drop.yaml").write_text("dropout: 0.9\n")
+    (tmp_path / "broken" / "cifar-10-batches-py").mkdir(parents=True)
+    for args, message in [
+        (["--data-dir", str(tiny_data_dir), "--enqueue", "drop.yaml"], "dropout 0.9 is outside the search space"),
+        (["--data-dir", "broken"], "data_batch_1 is missing"),
+    ]:
+        with pytest.raises(HpoError, match=message):
+            main(args)
+        assert not (tmp_path / "studies").exists()
+
+
 def test_bad_retrain_seeds_exits_2_with_one_line(tmp_path):
     proc = run_search("--retrain-seeds", "0", "--data-dir", str(tmp_path / "no-data"), cwd=tmp_path)
     assert proc.returncode == 2 and proc.stdout == ""
