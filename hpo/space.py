@@ -22,6 +22,7 @@ A space file (YAML or JSON) changes the defaults per parameter::
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -71,6 +72,8 @@ OPTIONAL: dict[str, Param] = {
     "dirac_init": Choice((True, False)),
 }
 KNOWN = (*DEFAULT_SPACE, *OPTIONAL)
+# Sampled in decoupled units and converted together into SGD's lr and weight decay (``to_config``).
+COUPLED = ("lr_decoupled", "wd_decoupled", "momentum", "batch_size")
 
 
 class SpaceError(HpoError):
@@ -129,16 +132,26 @@ class SearchSpace:
         return space
 
     def check(self, source: str = "space") -> None:
-        """Reject values no config can take, by building a config from each range end and each fixed value."""
+        """Reject values no config can take, by building a config from each range end and each fixed value, and
+        from every combination of the ends of the parameters that convert together into SGD's lr and weight decay
+        (weight decay is wd / lr: a high wd with a low lr can leave its range when neither end does alone)."""
+
+        def ends(param: Param) -> list[Any]:
+            return [param.low, param.high] if isinstance(param, Float) else list(param.choices)
+
         probes = [dict(self.fixed)]
         for name, param in self.sampled.items():
-            ends = [param.low, param.high] if isinstance(param, Float) else list(param.choices)
-            probes += [{**self.fixed, name: v} for v in ends]
+            probes += [{**self.fixed, name: v} for v in ends(param)]
+        coupled = [name for name in COUPLED if name in self.sampled]
+        for corner in itertools.product(*(ends(self.sampled[name]) for name in coupled)):
+            probes.append({**self.fixed, **dict(zip(coupled, corner))})
         for probe in probes:
             try:
                 self.to_config(probe, TrainConfig())
             except (ConfigError, ZeroDivisionError, TypeError) as err:
-                raise SpaceError(f"{source}: {err}") from None
+                corner = [f"{name} {probe[name]:g}" for name in coupled if name in probe]
+                at = f" (at {', '.join(corner)})" if len(corner) > 1 else ""
+                raise SpaceError(f"{source}: {err}{at}") from None
 
     def suggest(self, trial: optuna.Trial, base: TrainConfig) -> TrainConfig:
         values = {}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import re
 import time
 import traceback
 import warnings
@@ -28,6 +29,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # ask() runs it, so it does not hold a slot.)
 TAKEN = (*FINISHED, TrialState.RUNNING)
 SAME_FAILURE_LIMIT = 3
+_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 TIMED_OUT = "timeout"  # _run_trial's error for a trial the search's deadline stopped
 WAIT_POLL_S = 2.0
 
@@ -77,12 +79,17 @@ def run_worker(
             progress.n = min(n_trials, len(study.get_trials(deepcopy=False, states=FINISHED)))
             progress.refresh()
             failures = failures + [error] if state == TrialState.FAIL and error != TIMED_OUT else []
-            if len(failures) >= SAME_FAILURE_LIMIT and len(set(failures[-SAME_FAILURE_LIMIT:])) == 1:
+            if len(failures) >= SAME_FAILURE_LIMIT and len({_kind(e) for e in failures[-SAME_FAILURE_LIMIT:]}) == 1:
                 raise HpoError(
                     f"{SAME_FAILURE_LIMIT} trials in a row failed with the same error ({failures[-1]}); "
                     "stopping instead of burning the budget: see the trials' fail_reason attribute"
                 )
     return 0
+
+
+def _kind(error: str) -> str:
+    """An error message with its numbers blanked: the same fault in trials with other sampled values is one kind."""
+    return _NUMBER.sub("#", error)
 
 
 def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:

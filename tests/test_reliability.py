@@ -91,6 +91,21 @@ def test_any_exception_is_recorded_with_traceback_and_repeats_stop_the_study(obj
     assert "Traceback" in study.trials[0].user_attrs["fail_reason"]
 
 
+def test_one_error_repeated_with_other_numbers_stops_the_study_too(objective, monkeypatch):
+    import hpo.objective
+
+    values = iter([2.5, 1.878e-3, -0.25, 7])
+
+    def broken(*args, **kwargs):  # as a space whose sampled combinations give no valid config fails
+        raise ValueError(f"weight_decay must be in [0, 1), got {next(values)}")
+
+    monkeypatch.setattr(hpo.objective, "train", broken)
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(HpoError, match="3 trials in a row failed with the same error"):
+        run_worker(study, objective, n_trials=10, deadline=None, bar=False)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
+
+
 def test_divergence_stops_the_trial_early_with_a_reason(tiny_data_dir):
     train_split, val_split = train_val_split(load_cifar10(tiny_data_dir, download=False).train, 0.2)
     base = TrainConfig(
