@@ -23,6 +23,7 @@ HEAD_INITS = ("default", "small")  # PyTorch's Linear init, or N(0, 0.01) (the p
 TTA_LEVELS = (0, 1, 2)
 TTA_NAMES = {0: "none", 1: "mirror", 2: "mirror + 1-pixel translations"}
 WHITEN_WIDTH = 24  # a 2x2 RGB patch has 12 dimensions; the whitening stem keeps each eigenvector and its negative
+MAX_SEED = 2**32 - 1  # the range every seeded generator here (torch, numpy, Optuna's samplers) accepts
 
 # airbench94's components, each with the values that turn it off (the pre-recipe trainer's behaviour):
 # what the ablation benchmark switches, one at a time and all together.
@@ -234,7 +235,7 @@ def _validate(c: TrainConfig) -> None:
     _check(0 <= c.final_lr_fraction < 1, f"final_lr_fraction must be in [0, 1), got {c.final_lr_fraction}")
     _check(1 <= c.batch_size <= 65536, f"batch_size must be in [1, 65536], got {c.batch_size}")
     _check(1 <= c.epochs <= 1000, f"epochs must be in [1, 1000], got {c.epochs}")
-    _check(c.seed >= 0, f"seed must be >= 0, got {c.seed}")
+    _check(0 <= c.seed <= MAX_SEED, f"seed must be in [0, {MAX_SEED}], got {c.seed}")
     _check(c.train_subset >= 0, f"train_subset must be >= 0 (0 = all images), got {c.train_subset}")
     _check(
         c.augmentation in AUGMENTATIONS,

@@ -24,7 +24,7 @@ import optuna
 import torch
 
 from hpo.accounting import GpuUtilisation, process_start_time
-from hpo.config import RECIPE_LABEL, ConfigError, TrainConfig, load_config
+from hpo.config import MAX_SEED, RECIPE_LABEL, ConfigError, TrainConfig, load_config
 from hpo.data import Split, copies_of, load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import dump, export_document, ranked_trials
@@ -287,6 +287,8 @@ def check_args(args: argparse.Namespace) -> None:
         value = getattr(args, name)
         if value is not None and value < minimum:
             raise HpoError(f"--{name.replace('_', '-')} must be at least {minimum}, got {value}")
+    if args.seed is not None and args.seed > MAX_SEED:
+        raise HpoError(f"--seed must be at most {MAX_SEED}, got {args.seed}")
     if args.timeout is not None and not (math.isfinite(args.timeout) and args.timeout > 0):
         raise HpoError(f"--timeout must be a positive number of seconds, got {args.timeout}")
     if not (math.isfinite(args.checkpoint_every) and args.checkpoint_every >= 0):
@@ -398,7 +400,7 @@ def _check_direction(directions: list[optuna.study.StudyDirection], name: str) -
 def _make_sampler(settings: Settings, worker: int, n_existing: int) -> optuna.samplers.BaseSampler:
     # Offset by worker and by the trials already there: workers don't draw the same points, and a resumed
     # run doesn't replay the random start-up points of the first run.
-    seed = settings.seed + 7919 * worker + n_existing
+    seed = (settings.seed + 7919 * worker + n_existing) % 2**32  # the samplers' (numpy's) seed range
     if settings.sampler == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     if settings.sampler == "gp":

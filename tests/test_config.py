@@ -37,6 +37,7 @@ def test_int_is_accepted_where_float_expected():
         ({"batch_size": 0}, "batch_size must be in"),
         ({"epochs": 0}, "epochs must be in"),
         ({"seed": -1}, "seed must be"),
+        ({"seed": 2**32}, "seed must be in \\[0, 4294967295\\], got 4294967296"),
         ({"augmentation": "mixup"}, "augmentation must be one of"),
         ({"scheduler": "plateau"}, "scheduler must be one of"),
         ({"widths": [64, 128]}, "widths must be three"),

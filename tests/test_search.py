@@ -460,6 +460,8 @@ def test_samplers_are_the_named_kind_and_seeded(name, kind):
         return out
 
     assert params(3) == params(3) and params(3) != params(4)
+    # The largest study seed, offset by a worker and a resumed study's trials, is still a seed the sampler takes.
+    assert isinstance(_make_sampler(settings(sampler=name, seed=2**32 - 1), worker=3, n_existing=50), kind)
 
 
 def settings(**changes):
@@ -535,6 +537,7 @@ def test_resume_takes_seed_sampler_pruner_space_and_n_trials_from_the_study():
         (["--checkpoint-every", "-1"], "--checkpoint-every must be a number of seconds >= 0"),
         (["--heartbeat", "-1"], "--heartbeat must be at least 0"),
         (["--seed", "-1"], "--seed must be at least 0"),
+        (["--seed", str(2**32)], "--seed must be at most 4294967295"),
         (["--timeout", "nan"], "--timeout must be a positive number"),
         (["--timeout", "-3"], "--timeout must be a positive number"),
         (["--val-fraction", "0"], "--val-fraction must be in (0, 1)"),
