@@ -23,7 +23,7 @@ import pandas as pd  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from hpo.config import TTA_NAMES  # noqa: E402
-from hpo.errors import ArgumentParser, output_folder, run_cli  # noqa: E402
+from hpo.errors import ArgumentParser, HpoError, output_folder, run_cli  # noqa: E402
 from hpo.objective import RETRAIN_ATTR, RUN_ATTR, SETTINGS_ATTR  # noqa: E402
 from hpo.retrain import defaults_verdict  # noqa: E402
 from hpo.storage import default_storage_url, load_existing_study  # noqa: E402
@@ -115,9 +115,14 @@ def parameter_blocks(finished: list[optuna.trial.FrozenTrial]) -> list[Block]:
 
 def importance_blocks(study: optuna.Study, out_dir: Path) -> list[Block]:
     try:
-        importances = optuna.importance.get_param_importances(study)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            importances = optuna.importance.get_param_importances(study)
     except (ValueError, RuntimeError) as err:
         return [("p", f"Not available: {err}")]
+    # Optuna 5 returns none before a trial completes, and equal ones (with a warning) while there are too few.
+    if not importances or any("too small to compute importances" in str(w.message) for w in caught):
+        return [("p", "Not available yet: too few completed trials to compute importances.")]
     table = pd.Series(importances, name="importance").rename_axis("parameter").round(4).to_frame()
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(table) + 1.2))
     table["importance"][::-1].plot.barh(ax=ax, color="tab:blue")
@@ -361,7 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     out_dir = args.output_dir or Path("reports") / args.study_name
     output_folder(out_dir, "--output-dir")
     study = load_existing_study(args.study_name, args.storage or default_storage_url(args.study_name))
-    print(write_report(study, out_dir))
+    try:
+        markdown = write_report(study, out_dir)
+    except OSError as err:  # the folder was writable when checked; a file in it may not be (or may be a folder)
+        raise HpoError(f"cannot write {err.filename} ({err.strerror}): pass another --output-dir") from None
+    print(markdown)
     print(f"written to {out_dir}/ (summary.md, summary.html, trials.csv, *.png)")
     return 0
 

@@ -73,6 +73,20 @@ def test_stats_on_known_numbers():
     assert welch([0.9], [0.8]).verdict("a", "b").startswith("cannot tell")
 
 
+def test_report_of_a_study_with_no_completed_trial(tmp_path):
+    # As after a Ctrl-C in the first trial: failed and pruned trials only.
+    study = optuna.create_study(study_name="cifar10", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    dist = {"lr_decoupled": FloatDistribution(0.5, 32, log=True)}
+    study.add_trial(create_trial(state=TrialState.FAIL, params={"lr_decoupled": 2.0}, distributions=dist))
+    pruned = {"lr_decoupled": 3.0}
+    study.add_trial(
+        create_trial(state=TrialState.PRUNED, params=pruned, distributions=dist, intermediate_values={1: 0.2})
+    )
+    markdown = write_report(study, tmp_path / "report")
+    assert "Not available yet: too few completed trials" in markdown.split("Parameter importances")[1].split("##")[0]
+    assert (tmp_path / "report" / "summary.html").exists()
+
+
 def test_report_files_and_sections(tmp_path):
     study = make_study(f"sqlite:///{tmp_path / 's.db'}")
     study.set_user_attr(
@@ -280,8 +294,14 @@ def test_report_command_default_folder_and_output_dir(tmp_path):
         assert {"summary.md", "summary.html", "trials.csv", "curves.png"} <= names, folder
     (tmp_path / "a-file").write_text("")
     bad = run("hpo.report", "--storage", url, "--output-dir", "a-file/r", cwd=tmp_path)
-    assert bad.returncode == 2 and "cannot write the report to a-file/r" in bad.stderr
+    assert bad.returncode == 2 and "cannot write to a-file/r (Not a directory)" in bad.stderr
     assert "Traceback" not in bad.stderr
+    (tmp_path / "blocked" / "trials.csv").mkdir(parents=True)  # the folder is writable, one of its files is not
+    blocked = run("hpo.report", "--storage", url, "--output-dir", "blocked", cwd=tmp_path)
+    assert (
+        blocked.returncode == 2
+        and blocked.stderr == "error: cannot write blocked/trials.csv (Is a directory): pass another --output-dir\n"
+    )
 
 
 def test_export_default_path_and_stdout(tmp_path):
