@@ -206,6 +206,10 @@ def main(argv: list[str] | None = None) -> int:
         # This process is worker 0 and starts the others. On a GPU, measuring K (one step at the search's shapes)
         # has already loaded and autotuned the kernels of its own first trial.
         workers = 1 if is_worker else _worker_count(args, device, settings, data_bytes(train_split, val_split))
+        left = n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
+        if workers > max(1, left):  # a process per trial at most: the others would start, then find nothing to do
+            workers = max(1, left)
+            print(f"{left} trial(s) left to run: {workers} worker process(es)", flush=True)
         pool.start(workers - 1)
         if pool.procs and device.type == "cpu":
             torch.set_num_threads(max(1, cpu_cores() // workers))  # as each worker: K processes of cores / K threads

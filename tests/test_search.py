@@ -185,6 +185,11 @@ def test_parallel_workers_complete_exactly_n_trials_without_lock_errors(tiny_dat
     assert (run["workers"], run["devices"], run["finished"]) == (3, 1, 9)
     with sqlite3.connect(tmp_path / "s.db") as conn:
         assert conn.execute("PRAGMA journal_mode").fetchone() == ("wal",)
+    # One trial left: no more processes than trials are started.
+    more = run_search(*[a if a != "9" else "10" for a in args], "--trials-per-gpu", "3")
+    assert more.returncode == 0 and "1 trial(s) left to run: 1 worker process(es)" in more.stdout, more.stderr
+    run = optuna.load_study(study_name="cifar10", storage=url).user_attrs["last_run"]
+    assert (run["workers"], run["finished"]) == (1, 1) and finished(url) == 10
 
 
 @pytest.mark.parametrize("ctrl_c", [False, True], ids=["SIGTERM-to-the-search", "Ctrl-C-to-all-its-processes"])
