@@ -118,7 +118,7 @@ class TrainConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"{source}: expected a mapping of hyperparameters, got {type(data).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(map(str, set(data) - known))  # str: YAML keys may be numbers, dates, ...
         if unknown:
             raise ConfigError(
                 f"{source}: unknown key(s) {', '.join(unknown)}; valid keys are {', '.join(sorted(known))}"
@@ -173,6 +173,8 @@ def read_yaml_or_json(path: str | Path, what: str, error: type[HpoError]) -> Any
     is_yaml = path.suffix in (".yaml", ".yml")
     try:
         return yaml.safe_load(text) if is_yaml else json.loads(text)
+    except RecursionError:
+        raise error(f"{what} file {path} is nested too deeply to be a {what}") from None
     except json.JSONDecodeError as err:
         raise error(f"{what} file {path} is not valid JSON: {err} (YAML files must end in .yaml or .yml)") from None
     except yaml.YAMLError as err:
@@ -205,8 +207,19 @@ def _coerce(key: str, value: Any, source: str) -> Any:
         and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
     }.get(kind, True)
     if not ok:
-        raise ConfigError(f"{source}: {key} must be of type {kind}, got {value!r}")
+        hint = ""
+        if kind == "float" and isinstance(value, str) and _is_number(value):
+            hint = f" (YAML reads {value} as text: write it with a decimal point, as {float(value)!r})"
+        raise ConfigError(f"{source}: {key} must be of type {kind}, got {value!r}{hint}")
     return float(value) if kind == "float" else value
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
 
 
 def _check(condition: bool, message: str) -> None:

@@ -115,7 +115,7 @@ class SearchSpace:
     def from_dict(cls, data: dict[str, Any], source: str = "space") -> SearchSpace:
         if not isinstance(data, dict):
             raise SpaceError(f"{source}: expected a mapping of parameter names, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(KNOWN))
+        unknown = sorted(map(str, set(data) - set(KNOWN)))  # str: YAML keys may be numbers, dates, ...
         if unknown:
             raise SpaceError(f"{source}: unknown parameter(s) {', '.join(unknown)}; known: {', '.join(KNOWN)}")
         sampled, fixed = dict(DEFAULT_SPACE), {}

@@ -55,6 +55,8 @@ def test_out_of_range_and_unknown_values_are_rejected(changes, message):
     [
         ({"learning_rate": 0.1}, "unknown key"),
         ({"lr": "0.1"}, "lr must be of type float"),
+        ({"lr": "1e-3"}, r"got '1e-3' \(YAML reads 1e-3 as text: write it with a decimal point, as 0.001\)"),
+        ({1: 2, "lr": 0.1}, r"unknown key\(s\) 1; valid keys are"),
         ({"epochs": 2.5}, "epochs must be of type int"),
         ({"nesterov": "yes"}, "nesterov must be of type bool"),
         ({"widths": [64, "a", 3]}, "widths must be of type"),
@@ -81,6 +83,7 @@ def test_unreadable_and_malformed_files_give_clear_errors(tmp_path):
         ("bad.yaml", b"lr: [1, 2\n", "bad.yaml is not valid YAML: expected ',' or ']', but got '<stream end>' at line"),
         ("indent.yml", b"lr: 1\n  momentum: 2\n", "indent.yml is not valid YAML: mapping values are not allowed here"),
         ("bad.json", b"{lr: ", "bad.json is not valid JSON: Expecting property name"),
+        ("deep.json", b"[" * 100_000, "deep.json is nested too deeply to be a"),
     ],
 )
 def test_config_and_space_files_that_do_not_parse_are_refused_in_one_line(tmp_path, name, content, message):

@@ -123,6 +123,7 @@ def test_describe_round_trips():
         ),
         ("lr_decoupled: [1, 2\n", "not valid YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1"),
         ("- 1\n- 2\n", "expected a mapping"),
+        ("1: 2\n", "unknown parameter(s) 1; known: lr_decoupled"),
     ],
 )
 def test_invalid_space_files_are_rejected(tmp_path, text, message):
