@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import os
 import re
 import sqlite3
 import threading
@@ -62,11 +63,12 @@ def new_sqlite_file(url: str) -> bool:
         database = make_url(url).database
     except (ArgumentError, ValueError):
         return False  # malformed: open_storage says so
-    return bool(database) and not Path(database).exists()
+    return bool(database) and database != ":memory:" and not Path(database).exists()
 
 
-def open_storage(url: str, heartbeat_interval: int | None = 30) -> BaseStorage:
-    """An Optuna storage for ``url``; a malformed or unreachable URL is an ``HpoError`` naming the problem."""
+def open_storage(url: str, heartbeat_interval: int | None = 30, writable: bool = True) -> BaseStorage:
+    """An Optuna storage for ``url``; a malformed or unreachable URL, an in-memory SQLite database (lost at exit,
+    unseen by the workers) and, when ``writable``, a read-only SQLite file are an ``HpoError`` naming the problem."""
     if url.startswith("journal:"):
         return _journal(url.removeprefix("journal:").removeprefix("//"))
     try:
@@ -78,9 +80,9 @@ def open_storage(url: str, heartbeat_interval: int | None = 30) -> BaseStorage:
         ) from None
     engine_kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
-        if not parsed.database:
+        if not parsed.database or parsed.database == ":memory:":
             raise HpoError(f"storage URL {url!r} names no database file: use sqlite:///studies/NAME.db")
-        _prepare_sqlite(Path(parsed.database))
+        _prepare_sqlite(Path(parsed.database), writable)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     heartbeat = {}
     if heartbeat_interval:
@@ -110,8 +112,13 @@ def _lost_schema_race(err: Exception) -> bool:
     return isinstance(err, IntegrityError) or (isinstance(err, ProgrammingError) and "already exists" in str(err))
 
 
-def _prepare_sqlite(path: Path) -> None:
-    """Check that the file can be opened (read-only: an existing file is left byte-for-byte as it was)."""
+def _prepare_sqlite(path: Path, writable: bool) -> None:
+    """Check that the file can be opened, and written when ``writable`` (an existing file is left byte-for-byte as
+    it was)."""
+    if writable and path.exists() and not os.access(path, os.W_OK):
+        raise HpoError(
+            f"SQLite study file {path} is read-only: make it writable, or copy it and pass --storage with the copy"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
@@ -151,6 +158,10 @@ def _journal(path: str) -> BaseStorage:
         return JournalStorage(JournalFileBackend(path))
     except OSError as err:
         raise HpoError(f"cannot open journal file {path}: {err.strerror}") from None
+    except (ValueError, KeyError, TypeError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise HpoError(
+            f"{path} is not an Optuna journal file ({type(err).__name__}): pass --storage journal:<another file>"
+        ) from None
 
 
 def redact(url: str) -> str:
@@ -229,7 +240,7 @@ def load_existing_study(study_name: str, url: str | None = None) -> optuna.Study
             f"no study file {path}: run `python -m hpo.search --study-name {study_name}{storage}` to create it, "
             "or pass --storage/--study-name of an existing study"
         )
-    storage = open_storage(url, heartbeat_interval=None)
+    storage = open_storage(url, heartbeat_interval=None, writable=False)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:

@@ -192,12 +192,45 @@ def test_bad_inputs_are_refused_and_leave_the_study_untouched(tiny_data_dir, tmp
         ("not a url", "malformed storage URL"),
         ("postgresql://nobody@127.0.0.1:1/none", "cannot open storage"),
         ("sqlite:///{tmp}/a-file/s.db", "is writable"),
+        ("sqlite:///:memory:", "names no database file"),
+        ("journal:{tmp}/garbage.log", "garbage.log is not an Optuna journal file (UnicodeDecodeError)"),
     ],
 )
 def test_bad_storage_is_refused(tiny_data_dir, tmp_path, storage, message):
     (tmp_path / "a-file").write_text("a file where a folder should be")
+    (tmp_path / "garbage.log").write_bytes(b"\x92\x00 not a journal\n")
+    before = sorted(tmp_path.iterdir())
     proc = run_search("--storage", storage.format(tmp=tmp_path), "--data-dir", str(tiny_data_dir), *TINY, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
+    assert sorted(tmp_path.iterdir()) == before  # no study file, no lock file, no checkpoint folder
+
+
+def test_a_read_only_study_file_is_refused_by_the_search_and_still_read_by_the_report(tiny_data_dir, tmp_path):
+    db = tmp_path / "s.db"
+    url = f"sqlite:///{db}"
+    assert run_search("--storage", url, "--data-dir", str(tiny_data_dir), "--n-trials", "1", *TINY).returncode == 0
+    db.chmod(0o444)
+    locked = not os.access(db, os.W_OK)
+    if not locked:  # root writes whatever the mode says: make the file immutable instead, where that is possible
+        locked = subprocess.run(["chattr", "+i", str(db)], capture_output=True).returncode == 0
+    if not locked:
+        pytest.skip("cannot make a file read-only for this user here")
+    try:
+        before = digest(db)
+        proc = run_search("--storage", url, "--data-dir", str(tiny_data_dir), "--n-trials", "2", *TINY)
+        assert proc.returncode == 2 and proc.stderr == f"error: SQLite study file {db} is read-only: " + (
+            "make it writable, or copy it and pass --storage with the copy\n"
+        )
+        report = subprocess.run(
+            [sys.executable, "-m", "hpo.report", "--storage", url, "--output-dir", str(tmp_path / "r")],
+            capture_output=True,
+            text=True,
+        )
+        assert report.returncode == 0, report.stderr
+        assert digest(db) == before
+    finally:
+        subprocess.run(["chattr", "-i", str(db)], capture_output=True)
+        db.chmod(0o644)
 
 
 def journal_mode(db) -> str:
