@@ -30,14 +30,13 @@ import time
 from pathlib import Path
 
 import torch
-import yaml
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import v2
 
 from hpo.augment import CIFAR_MEAN, CIFAR_STD, POLICIES, normalize
 from hpo.bench_packing import packing_benchmark
 from hpo.bench_search import DEFAULT_STRATEGIES, default_jobs, search_benchmark
-from hpo.config import COMPONENTS_OFF, TrainConfig
+from hpo.config import COMPONENTS_OFF, TrainConfig, read_yaml_or_json
 from hpo.data import Cifar10, Split, load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, output_folder, run_cli
 from hpo.search import CPU_DEFAULTS
@@ -294,10 +293,7 @@ def run_variants(
 
 def variants_benchmark(args, device: torch.device) -> None:
     path = Path(args.variants)
-    try:
-        variants = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as err:
-        raise HpoError(f"cannot read variants file {path}: {str(err).splitlines()[0]}") from None
+    variants = read_yaml_or_json(path, "variants", HpoError)
     if not isinstance(variants, dict) or not all(isinstance(v, dict) or v is None for v in variants.values()):
         raise HpoError(f"{path}: expected label: {{parameter: value, ...}} entries (space-file names)")
     cpu = CPU_DEFAULTS

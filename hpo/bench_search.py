@@ -396,7 +396,10 @@ def load_curves(path: str, bench: BenchSettings) -> pd.DataFrame:
         raise HpoError(f"--curves {path} is not a search-bench-curves.csv: no column {', '.join(missing)}")
     if BASELINE not in set(curves.strategy):
         raise HpoError(f"--curves {path} has no {BASELINE} studies to compare the others with")
-    longest = max(len(json.loads(c)) for c in curves.val_acc_curve)
+    try:
+        longest = max(len(json.loads(c)) for c in curves.val_acc_curve)
+    except (TypeError, ValueError) as exc:  # a cell that is not a JSON list
+        raise HpoError(f"--curves {path}: a val_acc_curve cell is not a JSON list ({exc})") from None
     spent = curves.groupby(["strategy", "seed"]).epochs.max()
     if longest != bench.epochs or not spent.between(bench.budget, bench.budget + bench.epochs - 1).all():
         raise HpoError(

@@ -133,6 +133,12 @@ def test_a_bad_variants_file_is_one_line(tiny_data_dir, tmp_path):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()] and "'wrong'" in proc.stderr
 
 
+def test_a_variants_file_that_is_not_text_is_one_line(tmp_path, capsys):
+    (tmp_path / "v.yaml").write_bytes(b"\x00\xff\xfe")
+    line = refusal(main, ["--variants", str(tmp_path / "v.yaml"), "--data-dir", str(tmp_path)], capsys)
+    assert "v.yaml is not a text file (not UTF-8)" in line
+
+
 def test_the_shipped_space_probes_are_valid_variants():
     from pathlib import Path
 

@@ -410,6 +410,7 @@ def test_cli_oracle_reads_back_an_earlier_run_without_rerunning_it(tiny_data_dir
         (["--search", "--curves", "{curves}", "--epochs", "3"], "pass the --epochs, --budget"),
         (["--search", "--curves", "{curves}", "--budget", "9"], "pass the --epochs, --budget"),
         (["--search", "--curves", "{other}"], "is not a search-bench-curves.csv: no column"),
+        (["--search", "--curves", "{garbled}"], "garbled.csv: a val_acc_curve cell is not a JSON list"),
         (["--search", "--curves", "{curves}", "--strategies", "tpe:none"], "leave out --strategies"),
         (["--oracle", "2"], "--oracle is for --search"),
         (["--curves", "x.csv"], "--curves is for --search"),
@@ -425,7 +426,8 @@ def test_bad_curves_or_oracle_flags_are_one_line(tiny_data_dir, tmp_path, flags,
     curves["params"] = "{}"
     curves.to_csv(tmp_path / "curves.csv", index=False)
     curves.drop(columns="params").to_csv(tmp_path / "other.csv", index=False)
-    flags = [f.format(curves="curves.csv", other="other.csv") for f in flags]
+    curves.assign(val_acc_curve="[0.2, 0.4").to_csv(tmp_path / "garbled.csv", index=False)
+    flags = [f.format(curves="curves.csv", other="other.csv", garbled="garbled.csv") for f in flags]
     base = ["--data-dir", str(tiny_data_dir), "--budget", "4", "--jobs", "1", *TINY]
     assert message in refusal(main, [*base, *flags], capsys)
 
