@@ -150,6 +150,8 @@ def _read_batches(folder: Path, names: tuple[str, ...]) -> Split:
         x, y = _validate_batch(path, entry)
         images.append(x)
         labels.append(y)
+    if not sum(len(x) for x in images):
+        raise DataError(f"{', '.join(names)} in {folder} hold no images: re-extract {ARCHIVE} into {folder.parent}")
     return Split(torch.cat(images), torch.cat(labels))
 
 

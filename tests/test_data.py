@@ -89,6 +89,12 @@ def test_missing_data_with_failing_download_says_where_to_put_it_and_leaves_no_f
     assert [p.name for p in tmp_path.iterdir()] == ["mine"]  # a folder that was there before stays
 
 
+def test_batches_without_images_are_refused(tmp_path):
+    root = write_cifar_batches(tmp_path / "empty", per_batch=0)
+    with pytest.raises(DataError, match="data_batch_1, .*, data_batch_5 in .* hold no images: re-extract"):
+        load_cifar10(root, download=False)
+
+
 def test_truncated_batch_is_reported(tiny_data_dir):
     batch = tiny_data_dir / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:500])
