@@ -13,7 +13,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.notes import artifact_dir_for
-from hpo.storage import default_storage_url, files_dir, load_existing_study, redact
+from hpo.storage import default_storage_url, files_dir, load_existing_study, redact, study_name
 
 
 class _ThreadedServer(ThreadingMixIn, WSGIServer):
@@ -32,7 +32,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m hpo.dashboard", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", default="cifar10", help="study to open (default cifar10)")
+    p.add_argument("--study-name", type=study_name, default="cifar10", help="study to open (default cifar10)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study-name>.db)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")

@@ -12,6 +12,7 @@ is stale and re-queued with the same parameters by ``RetryHeartbeatStaleTrialCal
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import fcntl
 import os
@@ -39,6 +40,17 @@ with warnings.catch_warnings():
     RETRY_STALE = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 SCHEMA_RETRIES = 4
 _PASSWORD = re.compile(r"(//[^/:@]*:)[^/]*@")
+_STUDY_NAME = re.compile(r"[^\W_][\w.+-]*")
+
+
+def study_name(text: str) -> str:
+    """argparse type of ``--study-name``. The name also names files (``studies/NAME.db``, its checkpoints and
+    artifacts, ``reports/NAME/``), so it may hold letters, digits and ``_ . + -``, and starts with a letter or digit."""
+    if not _STUDY_NAME.fullmatch(text):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a usable study name: use letters, digits and _ . + - (it names files), e.g. cifar10-b"
+        )
+    return text
 
 
 def default_storage_url(study_name: str, studies_dir: str | Path = "studies") -> str:

@@ -205,6 +205,17 @@ def test_bad_storage_is_refused(tiny_data_dir, tmp_path, storage, message):
     assert sorted(tmp_path.iterdir()) == before  # no study file, no lock file, no checkpoint folder
 
 
+@pytest.mark.parametrize("module", ["search", "retrain", "report", "export", "dashboard"])
+def test_a_study_name_that_is_not_a_file_name_is_refused(module, tmp_path, monkeypatch, capsys):
+    import importlib
+
+    monkeypatch.chdir(tmp_path)
+    main = importlib.import_module(f"hpo.{module}").main
+    for name in ("../escape", "exp?1", ""):
+        assert f"{name!r} is not a usable study name" in refusal(main, ["--study-name", name], capsys)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_a_read_only_study_file_is_refused_by_the_search_and_still_read_by_the_report(tiny_data_dir, tmp_path):
     db = tmp_path / "s.db"
     url = f"sqlite:///{db}"
