@@ -143,4 +143,5 @@ def print_oracle(
         if r.strategy != BASELINE
     )
     print(f"| mean | | | **{mean:.1f}** (95 % bootstrap CI over the runs {low:.1f}-{high:.1f}) |")
-    print(f"\nepochs to reach random's final best, mean over seeds: oracle {mean:.1f}; measured: {measured}")
+    measured = f"; measured: {measured}" if measured else ""  # nothing to set beside it when random ran alone
+    print(f"\nepochs to reach random's final best, mean over seeds: oracle {mean:.1f}{measured}")

@@ -6,6 +6,8 @@ running workers), refuses to create an empty study file, and prints the study's 
 
 from __future__ import annotations
 
+import errno
+import socket
 import sys
 from pathlib import Path
 from socketserver import ThreadingMixIn
@@ -59,9 +61,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         server = make_server(args.host, args.port, app, server_class=_ThreadedServer, handler_class=_QuietHandler)
     except OSError as err:
-        raise HpoError(
-            f"cannot listen on {args.host}:{args.port} ({err.strerror}): pass another --port (0 picks a free one)"
-        ) from None
+        # An unknown host name, or an address this machine does not have, is the host's fault; the rest the port's.
+        bad_host = isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL
+        fix = (
+            "pass another --host (127.0.0.1, or 0.0.0.0 for every interface)"
+            if bad_host
+            else ("pass another --port (0 picks a free one)")
+        )
+        raise HpoError(f"cannot listen on {args.host}:{args.port} ({err.strerror}): {fix}") from None
     port = server.server_address[1]
     print(f"study {args.study_name!r} in {redact(url)}, artifacts in {artifact_dir}", flush=True)
     print(

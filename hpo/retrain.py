@@ -276,7 +276,11 @@ def retrain_markdown(record: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = ArgumentParser(prog="python -m hpo.retrain", description=__doc__.splitlines()[0])
+    p = ArgumentParser(
+        prog="python -m hpo.retrain",
+        description="Retrain a study's best config, the runner-up and the recipe (or --config and --baseline) on "
+        "train + validation with k seeds each, and score them on the test set.",
+    )
     p.add_argument(
         "--study-name", type=study_name, help="study to read the best trial from and store results in (default cifar10)"
     )

@@ -318,7 +318,7 @@ def test_oracle_candidates_are_the_best_distinct_full_length_unpruned_configs():
     assert len(candidates(curves, epochs=2, n=2)) == 2
 
 
-def test_oracle_picks_the_best_fresh_mean_and_scores_new_runs_against_each_seeds_random_best(monkeypatch):
+def test_oracle_picks_the_best_fresh_mean_and_scores_new_runs_against_each_seeds_random_best(monkeypatch, capsys):
     import hpo.bench_oracle as bench_oracle
 
     # Fresh accuracy by config: lr 10 scored best in the search but is worse on fresh seeds than lr 20.
@@ -355,6 +355,13 @@ def test_oracle_picks_the_best_fresh_mean_and_scores_new_runs_against_each_seeds
     assert list(rows.target) == [0.6, 0.65, 0.66] and list(rows.p) == [0.5, 0.5, 0.0]
     assert rows.loc[0, "oracle epochs"] == pytest.approx(expected_epochs(0.5, 2, 4))
     assert rows.loc[2, "oracle epochs"] == 4  # never: the budget
+    table = pd.DataFrame(
+        {"strategy": ["tpe:hyperband", BASELINE], "lower bound": [True, False], "epochs to baseline best": [3.5, 2.0]}
+    )
+    for strategies, ending in ((table, "; measured: tpe:hyperband ≥ 3.5\n"), (table.iloc[1:], "mean over seeds: oracle 3.3\n")):
+        capsys.readouterr()
+        bench_oracle.print_oracle(screened, oracle, final, per_seed, strategies, 2, 4)
+        assert capsys.readouterr().out.endswith(ending)  # random alone: nothing to set beside the oracle
 
 
 def test_fresh_runs_train_like_a_trial_and_score_on_the_validation_images_or_the_test_set(tiny_data_dir, monkeypatch):

@@ -280,6 +280,9 @@ def test_missing_or_wrong_study_is_one_line(live, tmp_path):
         taken.listen()
         port = str(taken.getsockname()[1])
         err = _one_line_error("--storage", f"sqlite:///{live.db}", "--port", port, cwd=repo)
-    assert f"cannot listen on 127.0.0.1:{port}" in err and "--port" in err
+    assert f"cannot listen on 127.0.0.1:{port}" in err and "pass another --port" in err
+    for host in ("999.1.1.1", "10.254.254.254"):  # not a host name; an address this machine does not have
+        err = _one_line_error("--storage", f"sqlite:///{live.db}", "--host", host, "--port", "0", cwd=repo)
+        assert f"cannot listen on {host}:0" in err and "pass another --host" in err
     err = _one_line_error("--storage", f"sqlite:///{live.db}", "--port", "70000", cwd=repo)
     assert "--port must be in 0..65535" in err
