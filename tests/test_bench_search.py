@@ -358,7 +358,8 @@ def test_oracle_picks_the_best_fresh_mean_and_scores_new_runs_against_each_seeds
     table = pd.DataFrame(
         {"strategy": ["tpe:hyperband", BASELINE], "lower bound": [True, False], "epochs to baseline best": [3.5, 2.0]}
     )
-    for strategies, ending in ((table, "; measured: tpe:hyperband ≥ 3.5\n"), (table.iloc[1:], "mean over seeds: oracle 3.3\n")):
+    endings = [(table, "; measured: tpe:hyperband ≥ 3.5\n"), (table.iloc[1:], "mean over seeds: oracle 3.3\n")]
+    for strategies, ending in endings:
         capsys.readouterr()
         bench_oracle.print_oracle(screened, oracle, final, per_seed, strategies, 2, 4)
         assert capsys.readouterr().out.endswith(ending)  # random alone: nothing to set beside the oracle
