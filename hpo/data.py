@@ -13,6 +13,7 @@ import pickle
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, BinaryIO
 
 import torch
 
@@ -142,7 +143,9 @@ def _read_batches(folder: Path, names: tuple[str, ...]) -> Split:
             raise DataError(f"{path} is missing: re-extract {ARCHIVE} into {folder.parent}")
         try:
             with path.open("rb") as f:
-                entry = pickle.load(f, encoding="latin1")
+                entry = _BatchUnpickler(f, path).load()
+        except DataError:
+            raise
         except Exception as err:  # noqa: BLE001 - any unpickling failure means the same thing to the user
             raise DataError(
                 f"{path} is truncated or corrupted ({type(err).__name__}): re-extract {ARCHIVE} into {folder.parent}"
@@ -153,6 +156,29 @@ def _read_batches(folder: Path, names: tuple[str, ...]) -> Split:
     if not sum(len(x) for x in images):
         raise DataError(f"{', '.join(names)} in {folder} hold no images: re-extract {ARCHIVE} into {folder.parent}")
     return Split(torch.cat(images), torch.cat(labels))
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles what a CIFAR-10 batch holds (numpy arrays, plain Python values) and nothing else: a pickle may
+    name any function to call while loading, so a batch file that names another one is refused, not run."""
+
+    ALLOWED = {
+        (module, name)
+        for module in ("numpy.core.multiarray", "numpy._core.multiarray")  # numpy 1 and numpy 2 pickles
+        for name in ("_reconstruct", "scalar")
+    } | {("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def __init__(self, file: BinaryIO, path: Path) -> None:
+        super().__init__(file, encoding="latin1")  # the official batches are Python 2 pickles
+        self.path = path
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) not in self.ALLOWED:
+            raise DataError(
+                f"{self.path} names {module}.{name}, which no CIFAR-10 batch does: it was not loaded (a pickle can "
+                f"run code); re-extract {ARCHIVE}"
+            )
+        return super().find_class(module, name)
 
 
 def _validate_batch(path: Path, entry: object) -> tuple[torch.Tensor, torch.Tensor]:

@@ -95,6 +95,27 @@ def test_batches_without_images_are_refused(tmp_path):
         load_cifar10(root, download=False)
 
 
+class _Opens:
+    """Unpickles as a call to ``open(path, "w")``: what a crafted batch file could do with os.system instead."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (open, (str(self.path), "w"))
+
+
+def test_a_batch_that_names_a_function_to_run_is_refused_not_run(tiny_data_dir, tmp_path):
+    marker = tmp_path / "ran"
+    batch = tiny_data_dir / "cifar-10-batches-py" / "data_batch_2"
+    entry = pickle.loads(batch.read_bytes())
+    entry["batch_label"] = _Opens(marker)
+    batch.write_bytes(pickle.dumps(entry))
+    with pytest.raises(DataError, match="data_batch_2 names io.open, which no CIFAR-10 batch does"):
+        load_cifar10(tiny_data_dir, download=False)
+    assert not marker.exists()
+
+
 def test_truncated_batch_is_reported(tiny_data_dir):
     batch = tiny_data_dir / "cifar-10-batches-py" / "data_batch_3"
     batch.write_bytes(batch.read_bytes()[:500])
