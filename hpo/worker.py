@@ -69,9 +69,14 @@ def run_worker(
             trial = claim_trial(study, n_trials)
             if trial is None:
                 continue
-            origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(study._storage.get_trial(trial._trial_id))
-            origin = trial.number if origin is None else origin
-            state, error = _run_trial(study, trial, objective, origin)
+            try:
+                claimed = study._storage.get_trial(trial._trial_id)
+                origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(claimed)
+                origin = trial.number if origin is None else origin
+                state, error = _run_trial(study, trial, objective, origin)
+            except KeyboardInterrupt:
+                _interrupted(study, trial)  # a signal that came before _run_trial could record it
+                raise
             if error != TIMED_OUT:  # a timed-out trial's checkpoint stays for its retry
                 _tidy_checkpoint(study, objective, trial.number, origin, state)
             frozen = study._storage.get_trial(trial._trial_id)
@@ -104,6 +109,15 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
     return None
 
 
+def _interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
+    """Record a trial still RUNNING when Ctrl-C or SIGTERM came as interrupted: FAIL, with a retry queued."""
+    if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+        return  # told already
+    RETRY_STALE(study, study._storage.get_trial(trial._trial_id))  # same as a dead worker's trial
+    trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); the next run retries it")
+    study.tell(trial, state=TrialState.FAIL)
+
+
 def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, origin: int) -> tuple[TrialState, str]:
     """Run one trial to a told state. Ctrl-C marks it FAIL (interrupted), queues a retry that resumes from its
     checkpoint, and propagates; the search's deadline does the same without propagating."""
@@ -121,9 +135,7 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, o
             study.tell(trial, state=TrialState.FAIL)
             return TrialState.FAIL, TIMED_OUT
         except KeyboardInterrupt:
-            RETRY_STALE(study, study._storage.get_trial(trial._trial_id))  # same as a dead worker's trial
-            trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); the next run retries it")
-            study.tell(trial, state=TrialState.FAIL)
+            _interrupted(study, trial)
             raise
         except Exception as err:  # noqa: BLE001 - one trial's error must not end the study
             trial.set_user_attr("fail_reason", traceback.format_exc()[-4000:])

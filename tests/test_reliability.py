@@ -106,6 +106,26 @@ def test_one_error_repeated_with_other_numbers_stops_the_study_too(objective, mo
     assert [t.state.name for t in study.trials] == ["FAIL"] * 3
 
 
+@pytest.mark.parametrize("where", ["after the ask", "in the trial"])
+def test_an_interrupt_anywhere_in_a_trial_leaves_it_failed_with_a_retry_queued(objective, monkeypatch, where):
+    import hpo.objective
+    import hpo.worker
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    if where == "after the ask":  # the signal lands between study.ask() and the trial's own handler
+        monkeypatch.setattr(hpo.worker.RetryHeartbeatStaleTrialCallback, "retried_trial_number", interrupt)
+    else:
+        monkeypatch.setattr(hpo.objective, "train", interrupt)
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(KeyboardInterrupt):
+        run_worker(study, objective, n_trials=2, deadline=None, bar=False)
+    first, retry = study.trials
+    assert first.state.name == "FAIL" and first.user_attrs["fail_reason"].startswith("interrupted")
+    assert retry.state.name == "WAITING"  # the next run takes it
+
+
 def test_divergence_stops_the_trial_early_with_a_reason(tiny_data_dir):
     train_split, val_split = train_val_split(load_cifar10(tiny_data_dir, download=False).train, 0.2)
     base = TrainConfig(
