@@ -15,7 +15,7 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.notes import artifact_dir_for
-from hpo.storage import default_storage_url, files_dir, load_existing_study, redact, study_name
+from hpo.storage import checked_study_name, default_storage_url, files_dir, load_existing_study, redact
 
 
 class _ThreadedServer(ThreadingMixIn, WSGIServer):
@@ -34,7 +34,7 @@ class _QuietHandler(WSGIRequestHandler):
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m hpo.dashboard", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", type=study_name, default="cifar10", help="study to open (default cifar10)")
+    p.add_argument("--study-name", type=checked_study_name, default="cifar10", help="study to open (default cifar10)")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study-name>.db)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     p.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
@@ -62,12 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         server = make_server(args.host, args.port, app, server_class=_ThreadedServer, handler_class=_QuietHandler)
     except OSError as err:
         # An unknown host name, or an address this machine does not have, is the host's fault; the rest the port's.
-        bad_host = isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL
-        fix = (
-            "pass another --host (127.0.0.1, or 0.0.0.0 for every interface)"
-            if bad_host
-            else ("pass another --port (0 picks a free one)")
-        )
+        if isinstance(err, socket.gaierror) or err.errno == errno.EADDRNOTAVAIL:
+            fix = "pass another --host (127.0.0.1, or 0.0.0.0 for every interface)"
+        else:
+            fix = "pass another --port (0 picks a free one)"
         raise HpoError(f"cannot listen on {args.host}:{args.port} ({err.strerror}): {fix}") from None
     port = server.server_address[1]
     print(f"study {args.study_name!r} in {redact(url)}, artifacts in {artifact_dir}", flush=True)

@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import TrainConfig
 from hpo.errors import ArgumentParser, HpoError, run_cli
-from hpo.storage import default_storage_url, load_existing_study, redact, study_name
+from hpo.storage import checked_study_name, default_storage_url, load_existing_study, redact
 
 PACKAGES = ("hpo", "torch", "torchvision", "optuna", "optuna-dashboard", "pandas")
 
@@ -72,7 +72,7 @@ def dump(document: dict[str, Any], fmt: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m hpo.export", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", type=study_name, default="cifar10")
+    p.add_argument("--study-name", type=checked_study_name, default="cifar10")
     p.add_argument("--storage", help="default: sqlite:///studies/<study-name>.db")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, help="export this trial number instead of the best")

@@ -26,7 +26,7 @@ from hpo.config import TTA_NAMES  # noqa: E402
 from hpo.errors import ArgumentParser, HpoError, output_folder, run_cli  # noqa: E402
 from hpo.objective import RETRAIN_ATTR, RUN_ATTR, SETTINGS_ATTR  # noqa: E402
 from hpo.retrain import defaults_verdict  # noqa: E402
-from hpo.storage import default_storage_url, load_existing_study, study_name  # noqa: E402
+from hpo.storage import checked_study_name, default_storage_url, load_existing_study  # noqa: E402
 
 TOP_K = 5
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -359,7 +359,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m hpo.report", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", type=study_name, default="cifar10")
+    p.add_argument("--study-name", type=checked_study_name, default="cifar10")
     p.add_argument("--storage", help="default: sqlite:///studies/<study-name>.db")
     p.add_argument("--output-dir", type=Path, help="default reports/<study-name>/")
     args = p.parse_args(argv)

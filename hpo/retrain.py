@@ -27,7 +27,7 @@ from hpo.notes import artifact_store_for, set_retrain_section
 from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR
 from hpo.parallel import map_in_processes
 from hpo.stats import summarize, welch
-from hpo.storage import default_storage_url, files_dir, load_existing_study, study_name
+from hpo.storage import checked_study_name, default_storage_url, files_dir, load_existing_study
 from hpo.train import cpu_cores, resolve_device, train
 
 
@@ -282,7 +282,9 @@ def main(argv: list[str] | None = None) -> int:
         "train + validation with k seeds each, and score them on the test set.",
     )
     p.add_argument(
-        "--study-name", type=study_name, help="study to read the best trial from and store results in (default cifar10)"
+        "--study-name",
+        type=checked_study_name,
+        help="study to read the best trial from and store results in (default cifar10)",
     )
     p.add_argument("--storage", help="default: sqlite:///studies/<study-name>.db")
     p.add_argument("--config", type=Path, help="retrain this config (JSON/YAML, e.g. from hpo.export) instead")

@@ -33,7 +33,15 @@ from hpo.objective import CHECKPOINT_EVERY_S, OBJECTIVE_NAME, RUN_ATTR, SETTINGS
 from hpo.packing import choose_trials_per_gpu, data_bytes, measure_trial_peak
 from hpo.parallel import die_with_parent
 from hpo.space import Choice, SearchSpace, SpaceError
-from hpo.storage import default_storage_url, files_dir, new_sqlite_file, open_storage, redact, study_name, use_wal
+from hpo.storage import (
+    checked_study_name,
+    default_storage_url,
+    files_dir,
+    new_sqlite_file,
+    open_storage,
+    redact,
+    use_wal,
+)
 from hpo.train import cpu_cores, resolve_device
 from hpo.worker import FINISHED, quiet_optuna, run_worker
 
@@ -83,7 +91,7 @@ class Settings:
 
 def build_parser() -> ArgumentParser:
     p = ArgumentParser(prog="python -m hpo.search", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", type=study_name, default="cifar10")
+    p.add_argument("--study-name", type=checked_study_name, default="cifar10")
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study-name>.db)")
     p.add_argument("--n-trials", type=int, help="finished trials the study should have in total")
     p.add_argument(

@@ -43,7 +43,7 @@ _PASSWORD = re.compile(r"(//[^/:@]*:)[^/]*@")
 _STUDY_NAME = re.compile(r"[^\W_][\w.+-]*")
 
 
-def study_name(text: str) -> str:
+def checked_study_name(text: str) -> str:
     """argparse type of ``--study-name``. The name also names files (``studies/NAME.db``, its checkpoints and
     artifacts, ``reports/NAME/``), so it may hold letters, digits and ``_ . + -``, and starts with a letter or digit."""
     if not _STUDY_NAME.fullmatch(text):
