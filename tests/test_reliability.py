@@ -91,6 +91,21 @@ def test_any_exception_is_recorded_with_traceback_and_repeats_stop_the_study(obj
     assert "Traceback" in study.trials[0].user_attrs["fail_reason"]
 
 
+def test_out_of_memory_in_every_trial_stops_the_study_though_each_asks_for_another_size(objective, monkeypatch):
+    import hpo.objective
+
+    sizes = iter(range(2, 100))
+
+    def oom(*args, **kwargs):  # failed trials do not count towards n_trials: without the stop this never ends
+        raise torch.cuda.OutOfMemoryError(f"CUDA out of memory. Tried to allocate {next(sizes)}.00 GiB")
+
+    monkeypatch.setattr(hpo.objective, "train", oom)
+    study = optuna.create_study(direction="maximize")
+    with pytest.raises(HpoError, match="3 trials in a row failed with the same error .*CUDA out of memory"):
+        run_worker(study, objective, n_trials=4, deadline=None, bar=False)
+    assert [t.state.name for t in study.trials] == ["FAIL"] * 3
+
+
 def test_one_error_repeated_with_other_numbers_stops_the_study_too(objective, monkeypatch):
     import hpo.objective
 
