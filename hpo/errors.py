@@ -59,23 +59,38 @@ class ArgumentParser(argparse.ArgumentParser):
 
 
 def output_folder(path: Path, flag: str) -> Path:
-    """Create the folder an output goes to now, before any work, or refuse it in one line naming ``flag``."""
+    """Check, before any work, that the folder an output goes to can be made and written, or refuse it in one line
+    naming ``flag``. Folders made to find out are removed again: the output's writer makes them."""
     if path.exists() and not path.is_dir():
         raise HpoError(f"{path} is a file, not a folder: pass another {flag}")
+    made = [p for p in (path, *path.parents) if not p.exists()]
     try:
         path.mkdir(parents=True, exist_ok=True)
+        if not os.access(path, os.W_OK):
+            raise HpoError(f"cannot write to {path} (permission denied): pass another {flag}")
     except OSError as err:  # a file in the way, no permission, a read-only file system
         raise HpoError(f"cannot write to {path} ({err.strerror}): pass another {flag}") from None
-    if not os.access(path, os.W_OK):
-        raise HpoError(f"cannot write to {path} (permission denied): pass another {flag}")
+    finally:
+        for folder in made:  # innermost first
+            with contextlib.suppress(OSError):
+                folder.rmdir()
     return path
 
 
 def output_file(path: Path, flag: str) -> Path:
-    """Check, before any work, that the file ``path`` can be written (its folder is created if missing)."""
+    """Check, before any work, that the file ``path`` can be written (its folder made if missing)."""
     if path.is_dir():
         raise HpoError(f"{path} is a folder: pass another {flag}, a file name")
     output_folder(path.parent, flag)
     if path.exists() and not os.access(path, os.W_OK):
         raise HpoError(f"cannot write to {path} (permission denied): pass another {flag}")
     return path
+
+
+def write_output(path: Path, text: str, flag: str) -> None:
+    """Write an output that ``output_file`` checked, making its folder; a failure now is still one line."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as err:
+        raise HpoError(f"cannot write {path} ({err.strerror}): pass another {flag}") from None

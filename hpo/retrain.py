@@ -21,7 +21,7 @@ from optuna.artifacts import upload_artifact
 
 from hpo.config import RECIPE_LABEL, TrainConfig, load_config
 from hpo.data import Cifar10, content_digest, load_cifar10
-from hpo.errors import ArgumentParser, HpoError, output_file, run_cli
+from hpo.errors import ArgumentParser, HpoError, output_file, run_cli, write_output
 from hpo.export import ranked_trials, trial_config
 from hpo.notes import artifact_store_for, set_retrain_section
 from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR
@@ -335,7 +335,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"stored in study {study.study_name!r} (user attribute {RETRAIN_ATTR!r})")
     print(f"weights: {record['weights']}")
     if args.output:
-        args.output.write_text(json.dumps(record, indent=2) + "\n")
+        write_output(args.output, json.dumps(record, indent=2) + "\n", "--output")
     return 0
 
 

@@ -149,7 +149,7 @@ class SearchSpace:
             try:
                 self.to_config(probe, TrainConfig())
             except (ConfigError, ZeroDivisionError, TypeError) as err:
-                corner = [f"{name} {probe[name]:g}" for name in coupled if name in probe]
+                corner = [f"{name} {probe[name]!r}" for name in coupled if name in probe]
                 at = f" (at {', '.join(corner)})" if len(corner) > 1 else ""
                 raise SpaceError(f"{source}: {err}{at}") from None
 
@@ -170,6 +170,10 @@ class SearchSpace:
         momentum = values.pop("momentum", base.momentum)
         lr_d, wd_d = from_sgd(base.lr, base.weight_decay, base.momentum, base.batch_size)
         lr_d, wd_d = values.pop("lr_decoupled", lr_d), values.pop("wd_decoupled", wd_d)
+        if not (isinstance(batch_size, int) and not isinstance(batch_size, bool)):
+            raise ConfigError(f"batch_size must be of type int, got {batch_size!r}")
+        if not isinstance(wd_d, (int, float)) or isinstance(wd_d, bool):
+            raise ConfigError(f"wd_decoupled must be a number, got {wd_d!r}")
         if not (isinstance(lr_d, (int, float)) and lr_d > 0 and isinstance(momentum, (int, float)) and momentum < 1):
             raise ConfigError(f"lr_decoupled must be > 0 and momentum < 1, got {lr_d!r} and {momentum!r}")
         lr, wd = to_sgd(lr_d, wd_d, momentum, batch_size)

@@ -26,7 +26,7 @@ from hpo.augment import alternating_flips, get_policy, normalize
 from hpo.checkpoint import Checkpointer, history_to_dicts, load_checkpoint, restore_rng, rng_state
 from hpo.config import TrainConfig, load_config
 from hpo.data import Split, load_cifar10, train_val_split
-from hpo.errors import ArgumentParser, HpoError, output_file, run_cli
+from hpo.errors import ArgumentParser, HpoError, output_file, run_cli, write_output
 from hpo.model import WHITEN_IMAGES, build_model, parameter_groups, whiten_stem
 from hpo.schedule import build_scheduler
 
@@ -441,7 +441,7 @@ def main(argv: list[str] | None = None) -> int:
         + ("  [diverged: loss became NaN/inf]" if result.diverged else "")
     )
     if args.output:
-        args.output.write_text(json.dumps(result.summary(), indent=2))
+        write_output(args.output, json.dumps(result.summary(), indent=2), "--output")
     return 0
 
 

@@ -343,6 +343,19 @@ def test_an_output_path_that_cannot_be_written_is_refused_before_any_work(tmp_pa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
 
 
+def test_a_command_refused_after_its_output_check_leaves_no_output_folder(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper"
+    commands = [
+        (hpo.train.main, ["--output", str(out / "r.json"), "--set", "lr=[1,"]),
+        (hpo.retrain.main, ["--output", str(out / "r.json"), "--storage", f"sqlite:///{tmp_path}/none.db"]),
+        (hpo.report.main, ["--output-dir", str(out), "--storage", f"sqlite:///{tmp_path}/none.db"]),
+        (hpo.bench.main, ["--search", "--out", str(out), "--strategies", "foo:bar"]),
+    ]
+    for main, argv in commands:
+        refusal(main, argv, capsys)
+        assert list(tmp_path.iterdir()) == [], main.__module__
+
+
 # ---- kill anywhere, resume: nothing lost, nothing stuck ---------------------------------------------------
 
 

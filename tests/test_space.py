@@ -121,6 +121,8 @@ def test_describe_round_trips():
             "lr_decoupled: {low: 0.02, high: 0.03}\nwd_decoupled: {low: 0.04, high: 0.05}\n",
             "weight_decay must be in [0, 1), got 2.0 (at lr_decoupled 0.02, wd_decoupled 0.04, momentum 0.7)",
         ),
+        ('batch_size: {choices: ["256"]}\n', "batch_size must be of type int, got '256'"),
+        ("batch_size: {choices: [null]}\n", "batch_size must be of type int, got None"),
         ("lr_decoupled: [1, 2\n", "not valid YAML: expected ',' or ']', but got '<stream end>' at line 2, column 1"),
         ("- 1\n- 2\n", "expected a mapping"),
         ("1: 2\n", "unknown parameter(s) 1; known: lr_decoupled"),
