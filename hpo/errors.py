@@ -7,9 +7,12 @@ import contextlib
 import os
 import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import NoReturn
+
+HELD_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 class HpoError(Exception):
@@ -34,6 +37,26 @@ def sigterm_as_interrupt():
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+
+
+@contextlib.contextmanager
+def interrupts_deferred():
+    """Hold a Ctrl-C or SIGTERM that arrives inside the block until it ends, then raise it (``KeyboardInterrupt``,
+    ``Terminated``): for a step that must not be cut in two. Outside the main thread signals cannot be held."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught: list[int] = []
+    previous = {sig: signal.signal(sig, lambda signum, frame: caught.append(signum)) for sig in HELD_SIGNALS}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    if signal.SIGTERM in caught:
+        raise Terminated
+    if caught:
+        raise KeyboardInterrupt
 
 
 def run_cli(main: Callable[[], int | None]) -> None:

@@ -20,7 +20,7 @@ from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 from tqdm import tqdm
 
-from hpo.errors import HpoError, sigterm_as_interrupt
+from hpo.errors import HpoError, interrupts_deferred, sigterm_as_interrupt
 from hpo.objective import Objective, SearchTimeout
 from hpo.storage import RETRY_STALE, ask_lock, heartbeat, heartbeat_interval
 
@@ -29,7 +29,8 @@ FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 # ask() runs it, so it does not hold a slot.)
 TAKEN = (*FINISHED, TrialState.RUNNING)
 SAME_FAILURE_LIMIT = 3
-_NUMBER = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
+# Numbers and quoted names (a sampled value, a temporary file's random name) differ between trials with one fault.
+_VARYING = re.compile(r"'[^']*'|\"[^\"]*\"|[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
 TIMED_OUT = "timeout"  # _run_trial's error for a trial the search's deadline stopped
 WAIT_POLL_S = 2.0
 
@@ -66,16 +67,19 @@ def run_worker(
                 # Other workers hold the last trials; wait in case one of them dies and its trial is retried.
                 time.sleep(WAIT_POLL_S)
                 continue
-            trial = claim_trial(study, n_trials)
-            if trial is None:
-                continue
+            trial = None
             try:
+                with interrupts_deferred():  # ask() creates the RUNNING row: a signal must not land before we hold it
+                    trial = claim_trial(study, n_trials)
+                if trial is None:
+                    continue
                 claimed = study._storage.get_trial(trial._trial_id)
                 origin = RetryHeartbeatStaleTrialCallback.retried_trial_number(claimed)
                 origin = trial.number if origin is None else origin
                 state, error = _run_trial(study, trial, objective, origin)
             except KeyboardInterrupt:
-                _interrupted(study, trial)  # a signal that came before _run_trial could record it
+                if trial is not None:
+                    _interrupted(study, trial)  # a signal that came before _run_trial could record it
                 raise
             if error != TIMED_OUT:  # a timed-out trial's checkpoint stays for its retry
                 _tidy_checkpoint(study, objective, trial.number, origin, state)
@@ -93,8 +97,9 @@ def run_worker(
 
 
 def _kind(error: str) -> str:
-    """An error message with its numbers blanked: the same fault in trials with other sampled values is one kind."""
-    return _NUMBER.sub("#", error)
+    """An error message with its numbers and quoted names blanked: the same fault in trials with other sampled
+    values (or other temporary files) is one kind."""
+    return _VARYING.sub("#", error)
 
 
 def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:

@@ -110,9 +110,10 @@ def test_one_error_repeated_with_other_numbers_stops_the_study_too(objective, mo
     import hpo.objective
 
     values = iter([2.5, 1.878e-3, -0.25, 7])
+    names = iter(["'/s/.tmp-8sz_qvnj.pt'", "'/s/.tmp-x1_aa.pt'", "'/s/.tmp-q.pt'", "'/s/.tmp-z.pt'"])
 
-    def broken(*args, **kwargs):  # as a space whose sampled combinations give no valid config fails
-        raise ValueError(f"weight_decay must be in [0, 1), got {next(values)}")
+    def broken(*args, **kwargs):  # a space whose sampled combinations give no config; a checkpoint it cannot write
+        raise ValueError(f"weight_decay must be in [0, 1), got {next(values)}; Permission denied: {next(names)}")
 
     monkeypatch.setattr(hpo.objective, "train", broken)
     study = optuna.create_study(direction="maximize")
@@ -121,7 +122,7 @@ def test_one_error_repeated_with_other_numbers_stops_the_study_too(objective, mo
     assert [t.state.name for t in study.trials] == ["FAIL"] * 3
 
 
-@pytest.mark.parametrize("where", ["after the ask", "in the trial"])
+@pytest.mark.parametrize("where", ["inside the ask", "after the ask", "in the trial"])
 def test_an_interrupt_anywhere_in_a_trial_leaves_it_failed_with_a_retry_queued(objective, monkeypatch, where):
     import hpo.objective
     import hpo.worker
@@ -129,11 +130,20 @@ def test_an_interrupt_anywhere_in_a_trial_leaves_it_failed_with_a_retry_queued(o
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt
 
-    if where == "after the ask":  # the signal lands between study.ask() and the trial's own handler
+    study = optuna.create_study(direction="maximize")
+    if where == "inside the ask":  # a SIGTERM once ask() has stored the RUNNING trial, before it returns it
+        real_ask = study.ask
+
+        def ask_then_signal(*args, **kwargs):
+            trial = real_ask(*args, **kwargs)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return trial
+
+        monkeypatch.setattr(study, "ask", ask_then_signal)
+    elif where == "after the ask":  # the signal lands between study.ask() and the trial's own handler
         monkeypatch.setattr(hpo.worker.RetryHeartbeatStaleTrialCallback, "retried_trial_number", interrupt)
     else:
         monkeypatch.setattr(hpo.objective, "train", interrupt)
-    study = optuna.create_study(direction="maximize")
     with pytest.raises(KeyboardInterrupt):
         run_worker(study, objective, n_trials=2, deadline=None, bar=False)
     first, retry = study.trials
