@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import json
 import os
 import re
 import sqlite3
@@ -75,7 +76,7 @@ def new_sqlite_file(url: str) -> bool:
         database = make_url(url).database
     except (ArgumentError, ValueError):
         return False  # malformed: open_storage says so
-    return bool(database) and database != ":memory:" and not Path(database).exists()
+    return bool(database) and database != ":memory:" and "mode=memory" not in url and not Path(database).exists()
 
 
 def open_storage(url: str, heartbeat_interval: int | None = 30, writable: bool = True) -> BaseStorage:
@@ -92,7 +93,7 @@ def open_storage(url: str, heartbeat_interval: int | None = 30, writable: bool =
         ) from None
     engine_kwargs: dict = {}
     if parsed.get_backend_name() == "sqlite":
-        if not parsed.database or parsed.database == ":memory:":
+        if not parsed.database or parsed.database == ":memory:" or parsed.query.get("mode") == "memory":
             raise HpoError(f"storage URL {url!r} names no database file: use sqlite:///studies/NAME.db")
         _prepare_sqlite(Path(parsed.database), writable)
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
@@ -167,13 +168,26 @@ def _journal(path: str) -> BaseStorage:
 
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
+        _check_journal(Path(path))
         return JournalStorage(JournalFileBackend(path))
     except OSError as err:
         raise HpoError(f"cannot open journal file {path}: {err.strerror}") from None
-    except (ValueError, KeyError, TypeError) as err:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+    except (ValueError, KeyError, TypeError, AssertionError) as err:  # UnicodeDecodeError, JSONDecodeError: ValueError
         raise HpoError(
             f"{path} is not an Optuna journal file ({type(err).__name__}): pass --storage journal:<another file>"
         ) from None
+
+
+def _check_journal(path: Path) -> None:
+    """Refuse a file that is not empty and does not start with a journal record: Optuna would append to it (it
+    takes a last line that does not parse for a write in progress), then fail."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return
+    with path.open("rb") as f:
+        first = f.readline()
+    record = json.loads(first)  # ValueError (UnicodeDecodeError, JSONDecodeError): caught by the caller
+    if not isinstance(record, dict) or "op_code" not in record:
+        raise ValueError("its first line is not a journal record")
 
 
 def redact(url: str) -> str:
@@ -259,5 +273,6 @@ def load_existing_study(study_name: str, url: str | None = None) -> optuna.Study
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         held = f"it holds {', '.join(repr(n) for n in names)} (pass --study-name)" if names else "it holds no study"
         raise HpoError(f"no study {study_name!r} in {redact(url)}: {held}") from None
-    use_wal(url)  # a reader beside running workers never blocks them
+    if path is None or os.access(path, os.W_OK):  # a read-only file is read in the journal mode it has
+        use_wal(url)  # a reader beside running workers never blocks them
     return study

@@ -239,15 +239,19 @@ def test_bad_inputs_are_refused_and_leave_the_study_untouched(tiny_data_dir, tmp
         ("sqlite:///{tmp}/a-file/s.db", "is writable"),
         ("sqlite:///:memory:", "names no database file"),
         ("journal:{tmp}/garbage.log", "garbage.log is not an Optuna journal file (UnicodeDecodeError)"),
+        ("journal:{tmp}/words.log", "words.log is not an Optuna journal file (JSONDecodeError)"),
+        ("sqlite:///file:mem?mode=memory&uri=true", "names no database file"),
     ],
 )
 def test_bad_storage_is_refused(tiny_data_dir, tmp_path, storage, message):
     (tmp_path / "a-file").write_text("a file where a folder should be")
     (tmp_path / "garbage.log").write_bytes(b"\x92\x00 not a journal\n")
-    before = sorted(tmp_path.iterdir())
+    (tmp_path / "words.log").write_text("hello world\n")  # Optuna would append a record to it, then fail
+    before = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.iterdir()}
     proc = run_search("--storage", storage.format(tmp=tmp_path), "--data-dir", str(tiny_data_dir), *TINY, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert sorted(tmp_path.iterdir()) == before  # no study file, no lock file, no checkpoint folder
+    after = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.iterdir()}
+    assert after == before  # no study, lock or checkpoint file made, no file changed
 
 
 @pytest.mark.parametrize("module", ["search", "retrain", "report", "export", "dashboard"])
@@ -284,6 +288,19 @@ def test_a_read_only_study_file_is_refused_by_the_search_and_still_read_by_the_r
         )
         assert report.returncode == 0, report.stderr
         assert digest(db) == before
+        # A read-only file in rollback-journal mode (as plain Optuna makes them) is read without switching it to WAL.
+        subprocess.run(["chattr", "-i", str(db)], capture_output=True)
+        db.chmod(0o644)
+        with sqlite3.connect(db) as conn:
+            conn.execute("PRAGMA journal_mode=DELETE").fetchone()
+        db.chmod(0o444)
+        if os.access(db, os.W_OK):
+            subprocess.run(["chattr", "+i", str(db)], capture_output=True, check=True)
+        export = subprocess.run(
+            [sys.executable, "-m", "hpo.export", "--storage", url, "--output", "-"], capture_output=True, text=True
+        )
+        assert export.returncode == 0 and '"config"' in export.stdout, export.stderr
+        assert journal_mode(db) == "delete"
     finally:
         subprocess.run(["chattr", "-i", str(db)], capture_output=True)
         db.chmod(0o644)
