@@ -294,7 +294,11 @@ def run_variants(
 def variants_benchmark(args, device: torch.device) -> None:
     path = Path(args.variants)
     variants = read_yaml_or_json(path, "variants", HpoError)
-    if not isinstance(variants, dict) or not all(isinstance(v, dict) or v is None for v in variants.values()):
+    if (
+        not variants
+        or not isinstance(variants, dict)
+        or not all(isinstance(v, dict) or v is None for v in variants.values())
+    ):
         raise HpoError(f"{path}: expected label: {{parameter: value, ...}} entries (space-file names)")
     cpu = CPU_DEFAULTS
     base = TrainConfig.recipe(

@@ -182,6 +182,8 @@ def read_yaml_or_json(path: str | Path, what: str, error: type[HpoError]) -> Any
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
         problem = getattr(err, "problem", None) or str(err).splitlines()[0]
         raise error(f"{what} file {path} is not valid YAML: {problem}{where}") from None
+    except ValueError as err:  # e.g. an integer of over 4 300 digits
+        raise error(f"{what} file {path} holds a value Python cannot read: {str(err).splitlines()[0]}") from None
 
 
 def load_config(path: str | Path) -> TrainConfig:
@@ -208,7 +210,7 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     }.get(kind, True)
     if not ok:
         hint = ""
-        if kind == "float" and isinstance(value, str) and _is_number(value):
+        if kind == "float" and isinstance(value, str) and "e" in value.lower() and _is_number(value):
             hint = f" (YAML reads {value} as text: write it with a decimal point, as {float(value)!r})"
         raise ConfigError(f"{source}: {key} must be of type {kind}, got {value!r}{hint}")
     return float(value) if kind == "float" else value
@@ -216,10 +218,9 @@ def _coerce(key: str, value: Any, source: str) -> Any:
 
 def _is_number(text: str) -> bool:
     try:
-        float(text)
+        return math.isfinite(float(text))
     except ValueError:
         return False
-    return True
 
 
 def _check(condition: bool, message: str) -> None:

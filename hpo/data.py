@@ -163,10 +163,10 @@ class _BatchUnpickler(pickle.Unpickler):
     name any function to call while loading, so a batch file that names another one is refused, not run."""
 
     ALLOWED = {
-        (module, name)
-        for module in ("numpy.core.multiarray", "numpy._core.multiarray")  # numpy 1 and numpy 2 pickles
-        for name in ("_reconstruct", "scalar")
-    } | {("numpy", "ndarray"), ("numpy", "dtype")}
+        (f"numpy.{core}.{module}", name)
+        for core in ("core", "_core")  # numpy 1 and numpy 2 pickles
+        for module, name in (("multiarray", "_reconstruct"), ("multiarray", "scalar"), ("numeric", "_frombuffer"))
+    } | {("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode")}  # _codecs: protocol 2's bytes
 
     def __init__(self, file: BinaryIO, path: Path) -> None:
         super().__init__(file, encoding="latin1")  # the official batches are Python 2 pickles

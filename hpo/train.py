@@ -401,9 +401,9 @@ def parse_overrides(pairs: list[str]) -> dict:
             raise HpoError(f"--set expects KEY=VALUE, got {pair!r}")
         try:
             out[key.strip()] = yaml.safe_load(value)
-        except yaml.YAMLError as err:
+        except (yaml.YAMLError, ValueError) as err:  # ValueError: an integer of over 4 300 digits
             problem = getattr(err, "problem", None) or str(err).splitlines()[0]
-            raise HpoError(f"--set {pair!r}: the value is not a YAML scalar or list ({problem})") from None
+            raise HpoError(f"--set {key.strip()}: the value is not a YAML scalar or list ({problem})") from None
     return out
 
 

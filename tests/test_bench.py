@@ -137,6 +137,9 @@ def test_a_variants_file_that_is_not_text_is_one_line(tmp_path, capsys):
     (tmp_path / "v.yaml").write_bytes(b"\x00\xff\xfe")
     line = refusal(main, ["--variants", str(tmp_path / "v.yaml"), "--data-dir", str(tmp_path)], capsys)
     assert "v.yaml is not a text file (not UTF-8)" in line
+    (tmp_path / "v.json").write_text("{}")  # no variants at all
+    line = refusal(main, ["--variants", str(tmp_path / "v.json"), "--data-dir", str(tmp_path)], capsys)
+    assert "v.json: expected label: {parameter: value, ...} entries" in line
 
 
 def test_the_shipped_space_probes_are_valid_variants():

@@ -56,6 +56,7 @@ def test_out_of_range_and_unknown_values_are_rejected(changes, message):
         ({"learning_rate": 0.1}, "unknown key"),
         ({"lr": "0.1"}, "lr must be of type float"),
         ({"lr": "1e-3"}, r"got '1e-3' \(YAML reads 1e-3 as text: write it with a decimal point, as 0.001\)"),
+        ({"momentum": "0.9"}, r"momentum must be of type float, got '0.9'$"),  # quoted on purpose: no YAML hint
         ({1: 2, "lr": 0.1}, r"unknown key\(s\) 1; valid keys are"),
         ({"epochs": 2.5}, "epochs must be of type int"),
         ({"nesterov": "yes"}, "nesterov must be of type bool"),
@@ -84,6 +85,7 @@ def test_unreadable_and_malformed_files_give_clear_errors(tmp_path):
         ("indent.yml", b"lr: 1\n  momentum: 2\n", "indent.yml is not valid YAML: mapping values are not allowed here"),
         ("bad.json", b"{lr: ", "bad.json is not valid JSON: Expecting property name"),
         ("deep.json", b"[" * 100_000, "deep.json is nested too deeply to be a"),
+        ("huge.json", b'{"seed": ' + b"9" * 5000 + b"}", "huge.json holds a value Python cannot read: Exceeds the"),
     ],
 )
 def test_config_and_space_files_that_do_not_parse_are_refused_in_one_line(tmp_path, name, content, message):

@@ -105,6 +105,14 @@ class _Opens:
         return (open, (str(self.path), "w"))
 
 
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_batches_pickled_with_any_protocol_load(tiny_data_dir, protocol):
+    folder = tiny_data_dir / "cifar-10-batches-py"
+    for batch in folder.glob("*_batch*"):
+        batch.write_bytes(pickle.dumps(pickle.loads(batch.read_bytes()), protocol=protocol))
+    assert len(load_cifar10(tiny_data_dir, download=False).train) == 100
+
+
 def test_a_batch_that_names_a_function_to_run_is_refused_not_run(tiny_data_dir, tmp_path):
     marker = tmp_path / "ran"
     batch = tiny_data_dir / "cifar-10-batches-py" / "data_batch_2"

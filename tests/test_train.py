@@ -191,7 +191,8 @@ def test_cli_trains_a_config_file(tiny_data_dir, tmp_path):
         (["--set", "scheduler=plateau"], "scheduler must be one of"),
         (["--device", "tpu"], "unknown device"),
         (["--config", "/nonexistent.json"], "cannot read config file"),
-        (["--set", "lr=[1,"], "--set 'lr=[1,': the value is not a YAML scalar or list (expected the node content"),
+        (["--set", "lr=[1,"], "--set lr: the value is not a YAML scalar or list (expected the node content"),
+        (["--set", "seed=" + "9" * 5000], "--set seed: the value is not a YAML scalar or list (Exceeds the limit"),
     ],
 )
 def test_cli_bad_input_is_one_line_without_traceback(tiny_data_dir, args, message):
