@@ -41,15 +41,18 @@ with warnings.catch_warnings():
     RETRY_STALE = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 SCHEMA_RETRIES = 4
 _PASSWORD = re.compile(r"(//[^/:@]*:)[^/]*@")
-_STUDY_NAME = re.compile(r"[^\W_][\w.+-]*")
+_UNUSABLE_IN_NAMES = re.compile(r"[/\\?#%\x00-\x1f]|^[.\s]|\s$")  # paths, URL syntax, control characters
+MAX_NAME = 100  # with suffixes such as "-checkpoints", well within the 255 bytes a file name may have
 
 
 def checked_study_name(text: str) -> str:
-    """argparse type of ``--study-name``. The name also names files (``studies/NAME.db``, its checkpoints and
-    artifacts, ``reports/NAME/``), so it may hold letters, digits and ``_ . + -``, and starts with a letter or digit."""
-    if not _STUDY_NAME.fullmatch(text):
+    """argparse type of ``--study-name``. The name also names files and folders (``studies/NAME.db``, its
+    checkpoints and artifacts, ``reports/NAME/``) and goes into the default SQLite URL, so it may not hold a path
+    separator, URL syntax (``? # %``) or control characters, start with a dot or a space, or run past MAX_NAME."""
+    if not text or len(text) > MAX_NAME or _UNUSABLE_IN_NAMES.search(text):
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not a usable study name: use letters, digits and _ . + - (it names files), e.g. cifar10-b"
+            f"{text[:40]!r}{'...' if len(text) > 40 else ''} is not a usable study name: it names files, so give "
+            f"1 to {MAX_NAME} characters without / \\ ? # % or control characters, not starting with a dot or a space"
         )
     return text
 

@@ -30,6 +30,7 @@ from hpo.data import load_cifar10, train_val_split
 from hpo.errors import HpoError
 from hpo.objective import Objective
 from hpo.space import SearchSpace
+from hpo.storage import checked_study_name
 from hpo.worker import run_worker
 from tests.conftest import refusal, write_cifar_batches
 from tests.searchutil import TINY, finished, run_search, search_cmd, states
@@ -260,9 +261,12 @@ def test_a_study_name_that_is_not_a_file_name_is_refused(module, tmp_path, monke
 
     monkeypatch.chdir(tmp_path)
     main = importlib.import_module(f"hpo.{module}").main
-    for name in ("../escape", "exp?1", ""):
-        assert f"{name!r} is not a usable study name" in refusal(main, ["--study-name", name], capsys)
+    for name in ("../escape", "exp?1", "", ".hidden", "a" * 101):
+        line = refusal(main, ["--study-name", name], capsys)
+        assert f"{name[:40]!r}" in line and "is not a usable study name" in line
     assert list(tmp_path.iterdir()) == []
+    # Names other tools may have given a study are fine where they can name a file.
+    assert checked_study_name("lr sweep (2)") == "lr sweep (2)" and checked_study_name("a" * 100)
 
 
 def test_a_read_only_study_file_is_refused_by_the_search_and_still_read_by_the_report(tiny_data_dir, tmp_path):

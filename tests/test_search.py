@@ -546,7 +546,7 @@ def test_resume_takes_seed_sampler_pruner_space_and_n_trials_from_the_study():
         (["--timeout", "nan"], "--timeout must be a positive number"),
         (["--timeout", "-3"], "--timeout must be a positive number"),
         (["--val-fraction", "0"], "--val-fraction must be in (0, 1)"),
-        (["--study-name", " "], "argument --study-name: ' ' is not a usable study name: use letters, digits and"),
+        (["--study-name", " "], "argument --study-name: ' ' is not a usable study name: it names files, so give"),
         (["--study-name", "exp?1"], "'exp?1' is not a usable study name"),
         (["--study-name", "../escape"], "'../escape' is not a usable study name"),
         (["--sampler", "bayes"], "invalid choice: 'bayes'"),
