@@ -6,7 +6,6 @@ md5 sums, so smaller or re-packed copies (such as the shared subset) load too.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import os
 import pickle
@@ -17,7 +16,7 @@ from typing import Any, BinaryIO
 
 import torch
 
-from hpo.errors import HpoError
+from hpo.errors import HpoError, missing_folders, remove_empty
 
 BATCHES_DIR = "cifar-10-batches-py"
 ARCHIVE = "cifar-10-python.tar.gz"
@@ -123,14 +122,12 @@ def _fetch(root: Path, download: bool) -> None:
         raise DataError(f"CIFAR-10 not found in {root}: {hint}")
     from torchvision.datasets import CIFAR10
 
-    made = [p for p in (root, *root.parents) if not p.exists()]  # the folders the download will create
+    made = missing_folders(root)  # the folders the download will create
     try:
         # torchvision verifies the archive's md5 and extracts it; an archive already in root is reused.
         CIFAR10(str(root), train=True, download=True)
     except (OSError, RuntimeError) as err:
-        for folder in made:  # innermost first; a folder the failed download left something in is kept
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        remove_empty(made)  # a folder the failed download left something in is kept
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise DataError(f"CIFAR-10 not found in {root} and the download failed ({reason}): {hint}") from None
 

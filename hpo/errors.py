@@ -81,12 +81,24 @@ class ArgumentParser(argparse.ArgumentParser):
         raise HpoError(f"{message} (see {self.prog} --help)")
 
 
+def missing_folders(path: Path) -> list[Path]:
+    """``path`` and its parents that do not exist yet, innermost first: what ``mkdir(parents=True)`` would make."""
+    return [p for p in (path, *path.parents) if not p.exists()]
+
+
+def remove_empty(folders: list[Path]) -> None:
+    """Remove each of ``folders`` (innermost first) that is empty; one that holds something is kept."""
+    for folder in folders:
+        with contextlib.suppress(OSError):
+            folder.rmdir()
+
+
 def output_folder(path: Path, flag: str) -> Path:
     """Check, before any work, that the folder an output goes to can be made and written, or refuse it in one line
     naming ``flag``. Folders made to find out are removed again: the output's writer makes them."""
     if path.exists() and not path.is_dir():
         raise HpoError(f"{path} is a file, not a folder: pass another {flag}")
-    made = [p for p in (path, *path.parents) if not p.exists()]
+    made = missing_folders(path)
     try:
         path.mkdir(parents=True, exist_ok=True)
         if not os.access(path, os.W_OK):
@@ -94,9 +106,7 @@ def output_folder(path: Path, flag: str) -> Path:
     except OSError as err:  # a file in the way, no permission, a read-only file system
         raise HpoError(f"cannot write to {path} ({err.strerror}): pass another {flag}") from None
     finally:
-        for folder in made:  # innermost first
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        remove_empty(made)
     return path
 
 

@@ -20,7 +20,7 @@ import yaml
 from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import TrainConfig
-from hpo.errors import ArgumentParser, HpoError, run_cli
+from hpo.errors import ArgumentParser, HpoError, run_cli, write_output
 from hpo.storage import checked_study_name, default_storage_url, load_existing_study, redact
 
 PACKAGES = ("hpo", "torch", "torchvision", "optuna", "optuna-dashboard", "pandas")
@@ -108,11 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             path = Path(args.output)
         else:
             path = Path(args.output or "studies") / f"{name}.{args.format}"
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(text)
-        except OSError as err:
-            raise HpoError(f"cannot write {path} ({err.strerror}): pass another --output") from None
+        write_output(path, text, "--output")
         print(f"trial {trial.number} (validation accuracy {trial.value}) -> {path}")
     return 0
 

@@ -116,9 +116,10 @@ def claim_trial(study: optuna.Study, n_trials: int) -> optuna.Trial | None:
 
 def _interrupted(study: optuna.Study, trial: optuna.Trial) -> None:
     """Record a trial still RUNNING when Ctrl-C or SIGTERM came as interrupted: FAIL, with a retry queued."""
-    if study._storage.get_trial(trial._trial_id).state != TrialState.RUNNING:
+    frozen = study._storage.get_trial(trial._trial_id)
+    if frozen.state != TrialState.RUNNING:
         return  # told already
-    RETRY_STALE(study, study._storage.get_trial(trial._trial_id))  # same as a dead worker's trial
+    RETRY_STALE(study, frozen)  # same as a dead worker's trial
     trial.set_user_attr("fail_reason", "interrupted (Ctrl-C or SIGTERM); the next run retries it")
     study.tell(trial, state=TrialState.FAIL)
 
