@@ -114,6 +114,15 @@ def parameter_blocks(finished: list[optuna.trial.FrozenTrial]) -> list[Block]:
 
 
 def importance_blocks(study: optuna.Study, out_dir: Path) -> list[Block]:
+    values = {t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
+    if len(values) == 1:  # fANOVA would split the importance evenly, even onto a parameter that never changed
+        return [
+            (
+                "p",
+                f"Not available: every completed trial scored {values.pop():.4f}, so no parameter explains a "
+                "difference.",
+            )
+        ]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")

@@ -87,6 +87,18 @@ def test_report_of_a_study_with_no_completed_trial(tmp_path):
     assert (tmp_path / "report" / "summary.html").exists()
 
 
+def test_importances_are_not_shown_when_every_trial_scored_the_same(tmp_path):
+    # fANOVA splits the importance evenly then, even onto a parameter that never changed.
+    study = optuna.create_study(study_name="cifar10", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    dist = {"lr_decoupled": FloatDistribution(0.5, 32, log=True), "momentum": FloatDistribution(0.5, 0.99)}
+    for lr in (1.0, 2.0, 4.0, 8.0):
+        params = {"lr_decoupled": lr, "momentum": 0.9}
+        study.add_trial(create_trial(state=TrialState.COMPLETE, value=0.1, params=params, distributions=dist))
+    section = write_report(study, tmp_path / "report").split("Parameter importances")[1].split("##")[0]
+    assert "Not available: every completed trial scored 0.1000" in section and "momentum" not in section
+    assert not (tmp_path / "report" / "importances.png").exists()
+
+
 def test_report_files_and_sections(tmp_path):
     study = make_study(f"sqlite:///{tmp_path / 's.db'}")
     study.set_user_attr(
