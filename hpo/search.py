@@ -37,7 +37,7 @@ from hpo.storage import (
     checked_study_name,
     default_storage_url,
     files_dir,
-    new_sqlite_file,
+    new_storage_file,
     open_storage,
     redact,
     use_wal,
@@ -158,9 +158,9 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(max(1, cpu_cores() // int(os.environ.get(COUNT_ENV, 1))))
     inherited = os.environ.get(STORAGE_ENV) if is_worker else None
     storage_url = args.storage or inherited or default_storage_url(args.study_name)
-    # A SQLite file that does not exist yet holds no study: it is created only once every check has passed, so a
-    # refused first command leaves no empty study file behind.
-    storage = None if new_sqlite_file(storage_url) else open_storage(storage_url, args.heartbeat or None)
+    # A SQLite or journal file that does not exist yet holds no study: it is created only once every check has
+    # passed, so a refused first command leaves no empty study file behind.
+    storage = None if new_storage_file(storage_url) else open_storage(storage_url, args.heartbeat or None)
     existing = _existing_settings(storage, args.study_name) if storage is not None else None
     defaults = CPU_DEFAULTS if device.type == "cpu" else GPU_DEFAULTS
     settings = _resolve_settings(args, space, existing, defaults)

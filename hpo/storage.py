@@ -71,8 +71,10 @@ def files_dir(url: str) -> Path:
     return Path("studies")
 
 
-def new_sqlite_file(url: str) -> bool:
-    """Whether ``url`` names a SQLite file that does not exist yet (opening it would create the file)."""
+def new_storage_file(url: str) -> bool:
+    """Whether ``url`` names a SQLite or journal file that does not exist yet (opening it would create the file)."""
+    if url.startswith("journal:"):
+        return not Path(url.removeprefix("journal:").removeprefix("//")).exists()
     if not url.startswith("sqlite:///"):
         return False
     try:

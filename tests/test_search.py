@@ -565,7 +565,8 @@ def test_bad_flags_are_refused_before_any_work(tmp_path, monkeypatch, args, mess
     assert list(tmp_path.iterdir()) == []  # no study file, no data download, nothing
 
 
-def test_a_refused_first_command_leaves_no_study_file(tmp_path, tiny_data_dir, monkeypatch):
+@pytest.mark.parametrize("storage", [[], ["--storage", "journal:studies/cifar10.log"]], ids=["sqlite", "journal"])
+def test_a_refused_first_command_leaves_no_study_file(tmp_path, tiny_data_dir, monkeypatch, storage):
     from hpo.errors import HpoError
     from hpo.search import main
 
@@ -577,7 +578,7 @@ def test_a_refused_first_command_leaves_no_study_file(tmp_path, tiny_data_dir, m
         (["--data-dir", "broken"], "data_batch_1 is missing"),
     ]:
         with pytest.raises(HpoError, match=message):
-            main(args)
+            main([*args, *storage])
         assert not (tmp_path / "studies").exists()
 
 
