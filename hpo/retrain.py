@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.study_name or not args.config:
         name = args.study_name or "cifar10"
         url = args.storage or default_storage_url(name)
-        study = load_existing_study(name, url)
+        study = load_existing_study(name, url, writable=True)  # the result is stored in it: refuse now, not after
     if args.config:
         candidates = [Candidate(f"config {args.config.stem}", load_config(args.config))]
         if args.baseline:

@@ -25,6 +25,7 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from urllib.parse import quote
 
 import optuna
 from optuna.storages import BaseStorage, RDBStorage, RetryHeartbeatStaleTrialCallback
@@ -100,7 +101,14 @@ def open_storage(url: str, heartbeat_interval: int | None = 30, writable: bool =
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:" or parsed.query.get("mode") == "memory":
             raise HpoError(f"storage URL {url!r} names no database file: use sqlite:///studies/NAME.db")
-        _prepare_sqlite(Path(parsed.database), writable)
+        try:
+            _prepare_sqlite(Path(parsed.database), writable)
+        except HpoError:
+            if writable or not _readable_as_immutable(Path(parsed.database)):
+                raise
+            # A WAL file in a folder nobody may write: SQLite cannot make the "-shm" file a reader needs, and with
+            # no "-wal" file no writer can be at work, so the file can be read as it stands.
+            url = f"sqlite:///file:{quote(parsed.database)}?immutable=1&uri=true"
         engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     heartbeat = {}
     if heartbeat_interval:
@@ -137,6 +145,11 @@ def _prepare_sqlite(path: Path, writable: bool) -> None:
         raise HpoError(
             f"SQLite study file {path} is read-only: make it writable, or copy it and pass --storage with the copy"
         )
+    if writable and path.exists() and not os.access(path.parent, os.W_OK):  # SQLite writes its journal beside it
+        raise HpoError(
+            f"SQLite study file {path} is in a read-only folder: make {path.parent} writable, or copy the file "
+            "and pass --storage with the copy"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(path, timeout=SQLITE_BUSY_TIMEOUT_S)
@@ -149,6 +162,20 @@ def _prepare_sqlite(path: Path, writable: bool) -> None:
             f"cannot open SQLite study file {path} ({err}): check that {path.parent} exists and is writable, "
             "or pass --storage with another location"
         ) from None
+
+
+def _readable_as_immutable(path: Path) -> bool:
+    if not path.is_file() or Path(f"{path}-wal").exists():
+        return False
+    try:
+        conn = sqlite3.connect(f"file:{quote(str(path))}?immutable=1", uri=True)
+        try:
+            conn.execute("PRAGMA schema_version").fetchone()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return False
+    return True
 
 
 def use_wal(url: str) -> None:
@@ -257,8 +284,9 @@ def heartbeat(storage: BaseStorage, trial_id: int) -> Iterator[None]:
         thread.join()
 
 
-def load_existing_study(study_name: str, url: str | None = None) -> optuna.Study:
-    """Load a study that must already exist (export, retrain, report, dashboard); never creates a file or study."""
+def load_existing_study(study_name: str, url: str | None = None, writable: bool = False) -> optuna.Study:
+    """Load a study that must already exist (export, retrain, report, dashboard); never creates a file or study.
+    ``writable``: the caller will write to it, so a read-only SQLite file (or folder) is refused now."""
     url = url or default_storage_url(study_name)
     path = None
     if url.startswith("journal:"):
@@ -271,13 +299,14 @@ def load_existing_study(study_name: str, url: str | None = None) -> optuna.Study
             f"no study file {path}: run `python -m hpo.search --study-name {study_name}{storage}` to create it, "
             "or pass --storage/--study-name of an existing study"
         )
-    storage = open_storage(url, heartbeat_interval=None, writable=False)
+    storage = open_storage(url, heartbeat_interval=None, writable=writable)
     try:
         study = optuna.load_study(study_name=study_name, storage=storage)
     except KeyError:
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         held = f"it holds {', '.join(repr(n) for n in names)} (pass --study-name)" if names else "it holds no study"
         raise HpoError(f"no study {study_name!r} in {redact(url)}: {held}") from None
-    if path is None or os.access(path, os.W_OK):  # a read-only file is read in the journal mode it has
-        use_wal(url)  # a reader beside running workers never blocks them
+    opened = str(getattr(getattr(storage, "_backend", storage), "url", ""))
+    if path is None or (os.access(path, os.W_OK) and "immutable=1" not in opened):
+        use_wal(url)  # a reader beside running workers never blocks them; a read-only file is read as it is
     return study

@@ -8,6 +8,7 @@ import os
 import pathlib
 import pickle
 import random
+import re
 import signal
 import sqlite3
 import subprocess
@@ -24,6 +25,7 @@ import hpo.bench
 import hpo.report
 import hpo.retrain
 import hpo.search
+import hpo.storage
 import hpo.train
 from hpo.config import COMPONENTS_OFF, TrainConfig
 from hpo.data import load_cifar10, train_val_split
@@ -285,6 +287,8 @@ def test_a_read_only_study_file_is_refused_by_the_search_and_still_read_by_the_r
         assert proc.returncode == 2 and proc.stderr == f"error: SQLite study file {db} is read-only: " + (
             "make it writable, or copy it and pass --storage with the copy\n"
         )
+        with pytest.raises(HpoError, match="s.db is read-only: make it writable"):  # before training, not after
+            hpo.retrain.main(["--storage", url, "--data-dir", str(tmp_path / "no-data")])
         report = subprocess.run(
             [sys.executable, "-m", "hpo.report", "--storage", url, "--output-dir", str(tmp_path / "r")],
             capture_output=True,
@@ -308,6 +312,38 @@ def test_a_read_only_study_file_is_refused_by_the_search_and_still_read_by_the_r
     finally:
         subprocess.run(["chattr", "-i", str(db)], capture_output=True)
         db.chmod(0o644)
+
+
+def test_a_wal_study_file_in_a_read_only_folder_is_still_read(tmp_path):
+    # SQLite cannot make the "-shm" file a WAL reader needs there; with no "-wal" file nobody writes, so it is read
+    # as it stands (immutable).
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    db, url = folder / "s.db", f"sqlite:///{folder / 's.db'}"
+    study = optuna.create_study(study_name="cifar10", storage=url, direction="maximize")
+    study.optimize(lambda t: t.suggest_float("lr", 0.1, 1.0), n_trials=3)
+    values = [t.value for t in study.trials]
+    with sqlite3.connect(db) as conn:
+        conn.execute("PRAGMA journal_mode=WAL").fetchone()
+    before = digest(db)
+    if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+        folder.chmod(0o555)
+        if os.access(folder, os.W_OK):
+            pytest.skip("cannot make a folder read-only for this user here")
+    try:
+        with pytest.raises(sqlite3.OperationalError):  # what every reader hit before
+            sqlite3.connect(db).execute("PRAGMA schema_version").fetchone()
+        loaded = hpo.storage.load_existing_study("cifar10", url)
+        assert [t.value for t in loaded.trials] == values
+        assert re.search(r"\| COMPLETE \|\s+3 \|", hpo.report.write_report(loaded, tmp_path / "r"))
+        # The commands that write to the study refuse it before any work, not after the training.
+        for main in (hpo.retrain.main, hpo.search.main):
+            with pytest.raises(HpoError, match=f"s.db is in a read-only folder: make {folder} writable"):
+                main(["--storage", url, "--data-dir", str(tmp_path / "no-data")])
+        assert sorted(p.name for p in folder.iterdir()) == ["s.db"] and digest(db) == before
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
+        folder.chmod(0o755)
 
 
 def journal_mode(db) -> str:
