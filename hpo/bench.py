@@ -185,7 +185,7 @@ def print_ablation(table: list[dict]) -> None:
     print(f"|{'-' * 32}|{'-' * 34}|--------:|-----------:|------:|")
     for row in table:
         acc = row["test_acc"]
-        text = f"{acc.mean:.4f} ± {(acc.ci_high - acc.ci_low) / 2:.4f} (sd {acc.std:.4f})"
+        text = f"{acc.mean_ci()} (sd {acc.std:.4f})" if acc.n > 1 else f"{acc.mean:.4f} (one run)"
         print(
             f"| {row['row']:<30} | {text:<32} | {row['seconds']:7.1f} | {row['speedup']:9.2f}x "
             f"| {row['images_per_second']:5.0f} |"

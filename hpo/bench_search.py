@@ -42,7 +42,7 @@ from hpo.parallel import map_in_processes  # noqa: E402
 from hpo.report import anytime_curve  # noqa: E402
 from hpo.search import PRUNERS, SAMPLERS, Settings, _first_trials, _make_pruner, _make_sampler  # noqa: E402
 from hpo.space import SearchSpace  # noqa: E402
-from hpo.stats import summarize  # noqa: E402
+from hpo.stats import p_text, summarize  # noqa: E402
 from hpo.train import cpu_cores, train  # noqa: E402
 from hpo.worker import quiet_optuna  # noqa: E402
 
@@ -342,7 +342,7 @@ def print_retrain_table(table: pd.DataFrame) -> None:
     print("|---|--:|--:|---|--:|")
     for _, r in table.iterrows():
         p = r["p (paired)"]
-        versus = f"{r['vs baseline']:+.4f}" + ("" if math.isnan(p) else f" (p = {p:.2g})")
+        versus = f"{r['vs baseline']:+.4f}" + ("" if math.isnan(p) else f" (p {p_text(p, 2)})")
         if r.strategy == BASELINE:
             versus = "baseline"
         print(f"| {r.strategy} | {r.studies} | {r['best validation']:.4f} | {r['retrained test']} | {versus} |")

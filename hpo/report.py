@@ -25,7 +25,7 @@ from optuna.trial import TrialState  # noqa: E402
 from hpo.config import TTA_NAMES  # noqa: E402
 from hpo.errors import ArgumentParser, HpoError, output_folder, run_cli  # noqa: E402
 from hpo.objective import RETRAIN_ATTR, RUN_ATTR, SETTINGS_ATTR  # noqa: E402
-from hpo.retrain import defaults_verdict  # noqa: E402
+from hpo.retrain import defaults_verdict, diverged_text  # noqa: E402
 from hpo.storage import checked_study_name, default_storage_url, load_existing_study  # noqa: E402
 
 TOP_K = 5
@@ -151,7 +151,7 @@ def retrain_blocks(record: dict | None) -> list[Block]:
                 "config": c["label"],
                 "runs": s["n"],
                 "mean test acc": round(s["mean"], 4),
-                "sd": round(s["std"], 4),
+                "sd": round(s["std"], 4) if s["n"] > 1 else "n/a",
                 "95% CI": f"[{s['ci_low']:.4f}, {s['ci_high']:.4f}]" if not math.isnan(s["ci_low"]) else "n/a",
                 "per seed": ", ".join(f"{a:.4f}" for a in c["test_acc"]),
                 "TTA": tta_name(c.get("config", {})),
@@ -165,12 +165,15 @@ def retrain_blocks(record: dict | None) -> list[Block]:
         ),
         ("table", pd.DataFrame(rows).set_index("config")),
     ]
+    if diverged_text(record):
+        blocks.append(("p", diverged_text(record)))
     comparisons = record.get("comparisons") or ([{"verdict": record["verdict"]}] if "verdict" in record else [])
     blocks += [("p", f"**Verdict:** {c['verdict']}.") for c in comparisons]
     if defaults_verdict(record):
         blocks.append(("p", f"**Did the search beat the defaults?** {defaults_verdict(record)}"))
     if record.get("weights"):
-        blocks.append(("p", f"Weights of the winner (seed 0): `{record['weights']}`."))
+        winner = record.get("winner", "the highest mean")
+        blocks.append(("p", f"Weights of the winner, {winner} (seed 0): `{record['weights']}`."))
     return blocks
 
 

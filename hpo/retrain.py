@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -66,12 +67,15 @@ def retrain(
     outcomes = _train_all([config for _, config in runs], data, device, jobs)
     results, first_models = [], []
     for i, cand in enumerate(candidates):
-        accuracies = []
+        accuracies, diverged = [], []
         for seed in range(n_seeds):
             config = runs[i * n_seeds + seed][1]
-            acc, seconds, state = next(outcomes)
+            acc, seconds, state, run_diverged = next(outcomes)
             accuracies.append(acc)
-            print(f"retrain {cand.label}: seed {seed} test acc {acc:.4f} ({seconds:.0f}s)", flush=True)
+            if run_diverged:
+                diverged.append(seed)
+            note = " [diverged: loss became NaN/inf; scored on the model it left]" if run_diverged else ""
+            print(f"retrain {cand.label}: seed {seed} test acc {acc:.4f} ({seconds:.0f}s){note}", flush=True)
             if seed == 0:
                 first_models.append((state, config))
         summary = summarize(accuracies)
@@ -82,6 +86,7 @@ def retrain(
                 "trial_number": cand.trial_number,
                 "config": cand.config.to_dict(),
                 "test_acc": accuracies,
+                "diverged_seeds": diverged,
                 "summary": summary.to_dict(),
                 "text": str(summary),
             }
@@ -106,7 +111,8 @@ def retrain(
     if record["comparisons"]:
         record["comparison"] = {k: v for k, v in record["comparisons"][0].items() if k not in ("against", "verdict")}
         record["verdict"] = record["comparisons"][0]["verdict"]
-    winner = max(range(len(results)), key=lambda i: (results[i]["summary"]["mean"], -i))
+    means = [r["summary"]["mean"] for r in results]
+    winner = max(range(len(results)), key=lambda i: (-math.inf if math.isnan(means[i]) else means[i], -i))
     record["winner"] = results[winner]["label"]
     if weights_dir is not None:
         save_weights(weights_dir, *first_models[winner], candidates[winner])
@@ -129,11 +135,12 @@ def cpu_jobs(device: torch.device, candidates: list[Candidate], data: Cifar10, t
 
 
 def _train_one(config: TrainConfig, data: Cifar10, device: torch.device, threads: int | None = None):
-    """(test accuracy, training seconds, CPU weights of a seed-0 run else None) of one run."""
+    """(test accuracy, training seconds, CPU weights of a seed-0 run else None, whether it diverged) of one run."""
     if threads:
         torch.set_num_threads(threads)
     result = train(config, data.train, data.test, device, evaluate_every_epoch=False)
-    return result.val_acc, result.train_seconds, _cpu_state(result.model) if config.seed == 0 else None
+    state = _cpu_state(result.model) if config.seed == 0 else None
+    return result.val_acc, result.train_seconds, state, result.diverged
 
 
 def _train_all(configs: list[TrainConfig], data: Cifar10, device: torch.device, jobs: int):
@@ -265,6 +272,8 @@ def retrain_markdown(record: dict) -> str:
         "",
     ]
     lines += [f"- **{c['label']}**: test accuracy {c['text']}" for c in record["candidates"]]
+    if diverged_text(record):
+        lines += ["", diverged_text(record)]
     comparisons = record.get("comparisons") or ([{"verdict": record["verdict"]}] if "verdict" in record else [])
     lines += [""] + [f"Verdict: {c['verdict']}." for c in comparisons]
     if defaults_verdict(record):
@@ -273,6 +282,14 @@ def retrain_markdown(record: dict) -> str:
         winner = record.get("winner", "the winner")
         lines += ["", f"Weights of the winner, {winner} (seed 0): `{record['weights']}` (also a study artifact)."]
     return "\n".join(lines)
+
+
+def diverged_text(record: dict) -> str:
+    """A sentence naming the runs whose training loss diverged, or "" when none did."""
+    runs = [f"{c['label']} seed {seed}" for c in record["candidates"] for seed in c.get("diverged_seeds", [])]
+    if not runs:
+        return ""
+    return f"Diverged (training loss became NaN/inf; each scored on the model it left): {', '.join(runs)}."
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 from scipy import stats as sps
@@ -14,7 +15,7 @@ ALPHA = 0.05
 class Summary:
     n: int
     mean: float
-    std: float  # sample standard deviation (ddof=1); 0 for a single run
+    std: float  # sample standard deviation (ddof=1); NaN for a single run (it has none)
     ci_low: float
     ci_high: float
 
@@ -22,6 +23,8 @@ class Summary:
         return asdict(self)
 
     def __str__(self) -> str:
+        if self.n == 1:
+            return f"{self.mean:.4f} (one run: no CI or sd)"
         return f"{self.mean:.4f} ± {self.half_width:.4f} (95% CI, n={self.n}, sd {self.std:.4f})"
 
     @property
@@ -39,7 +42,7 @@ def summarize(values: list[float]) -> Summary:
         raise ValueError("no values to summarize")
     mean = sum(values) / n
     if n == 1:
-        return Summary(1, mean, 0.0, float("nan"), float("nan"))
+        return Summary(1, mean, float("nan"), float("nan"), float("nan"))
     std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
     half = sps.t.ppf(1 - ALPHA / 2, df=n - 1) * std / math.sqrt(n)
     return Summary(n, mean, std, mean - half, mean + half)
@@ -61,12 +64,20 @@ class Comparison:
         if self.significant:
             better, worse = (a, b) if self.difference > 0 else (b, a)
             return (
-                f"{better} is better than {worse} by {abs(self.difference):.4f} (Welch's t-test p = {self.p_value:.3g})"
+                f"{better} is better than {worse} by {abs(self.difference):.4f} "
+                f"(Welch's t-test p {p_text(self.p_value)})"
             )
         return (
             f"no significant difference between {a} and {b} "
-            f"({self.difference:+.4f}, Welch's t-test p = {self.p_value:.3g} >= {ALPHA})"
+            f"({self.difference:+.4f}, Welch's t-test p {p_text(self.p_value)} >= {ALPHA})"
         )
+
+
+def p_text(p: float, digits: int = 3) -> str:
+    """``= 0.0123`` to ``digits`` significant digits, or ``< 0.05`` where rounding would carry a significant p up to
+    ALPHA (0.04996 is not "p = 0.05")."""
+    text = f"{p:.{digits}g}"
+    return f"< {ALPHA}" if p < ALPHA <= float(text) else f"= {text}"
 
 
 def welch(a: list[float], b: list[float]) -> Comparison:
@@ -74,6 +85,10 @@ def welch(a: list[float], b: list[float]) -> Comparison:
     difference = sum(a) / len(a) - sum(b) / len(b)
     if len(a) < 2 or len(b) < 2:
         return Comparison(difference, float("nan"), float("nan"), False)
-    result = sps.ttest_ind(a, b, equal_var=False)
+    with warnings.catch_warnings():
+        # Identical runs in one group (a diverged config, a deterministic one): scipy warns of "catastrophic
+        # cancellation" on the user's terminal; the test itself is still right.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        result = sps.ttest_ind(a, b, equal_var=False)
     t, p = float(result.statistic), float(result.pvalue)
     return Comparison(difference, t, p, bool(p < ALPHA))

@@ -229,7 +229,8 @@ def train(
     every that many seconds, at the last epoch, and when an exception or interrupt ends training), and a checkpoint
     already there for the same config is resumed from: its epochs are replayed to ``on_epoch`` and training
     continues after them. ``on_first_step`` is called once, when the first optimizer step has run.
-    With ``evaluate_every_epoch=False`` only the last epoch is scored; the others report NaN accuracy and loss
+    With ``evaluate_every_epoch=False`` only the last epoch (the configured last, or the one whose training loss
+    diverged) is scored; the others report NaN accuracy and loss
     (the retrain scores the test set once: a 6-epoch CPU run of the default search's size took 7 % less time).
     """
     device = torch.device(device)
@@ -312,9 +313,11 @@ def train(
                 train_seconds += time.perf_counter() - epoch_start
                 images_seen += n_seen
                 # Test-time augmentation scores the final model only; the epochs before feed the pruner, which
-                # compares trials at the same epoch, so plain accuracy is enough there and 6x cheaper.
-                tta_level = config.tta_level if epoch == config.epochs else 0
-                if evaluate_every_epoch or epoch == config.epochs:
+                # compares trials at the same epoch, so plain accuracy is enough there and 6x cheaper. A run scored
+                # once is scored on the epoch it ends, also when the loss diverged: the model it leaves behind.
+                final = epoch == config.epochs or (not evaluate_every_epoch and not math.isfinite(train_loss))
+                tta_level = config.tta_level if final else 0
+                if evaluate_every_epoch or final:
                     val_acc, val_loss = evaluate(model, eval_data, device, tta_level, channels_last)
                 else:
                     val_acc, val_loss = math.nan, math.nan

@@ -1,9 +1,11 @@
 """Export, retrain and report on studies made in the test."""
 
 import json
+import math
 import re
 import subprocess
 import sys
+import warnings
 
 import optuna
 import pandas as pd
@@ -16,8 +18,8 @@ from PIL import Image
 
 from hpo.config import TrainConfig, load_config
 from hpo.export import dump, trial_config
-from hpo.report import write_report
-from hpo.stats import summarize, welch
+from hpo.report import retrain_blocks, write_report
+from hpo.stats import Comparison, p_text, summarize, welch
 
 TINY_CONFIG = TrainConfig(widths=(8, 16, 16), stem_width=8, batch_size=16, epochs=2)
 
@@ -262,8 +264,8 @@ def test_retrain_in_study_mode_with_train_subset(tmp_path, tiny_data_dir):
 
 
 class _Result:
-    def __init__(self, acc: float, fill: float) -> None:
-        self.val_acc, self.train_seconds = acc, 1.0
+    def __init__(self, acc: float, fill: float, diverged: bool = False) -> None:
+        self.val_acc, self.train_seconds, self.diverged = acc, 1.0, diverged
         self.model = torch.nn.Linear(2, 1)
         torch.nn.init.constant_(self.model.weight, fill)
 
@@ -291,6 +293,54 @@ def test_retrain_saves_the_winners_weights_not_the_first_candidates(tmp_path, ti
     weights = torch.load(tmp_path / "w" / "model.pt", weights_only=True)
     assert torch.all(weights["weight"] == 0.02)
     assert "runner-up (trial 2)" in hpo.retrain.retrain_markdown(record)
+
+
+def test_diverged_runs_are_named_and_a_nan_mean_never_wins(tmp_path, tiny_data_dir, monkeypatch):
+    import hpo.retrain
+    from hpo.data import load_cifar10
+
+    def fake_train(config, *args, **kwargs):  # the best's seed 0 diverges; the runner-up gives no score at all
+        if config.lr == 0.02:
+            return _Result(math.nan, fill=config.lr)
+        return _Result(0.1 if config.seed == 0 else 0.6, fill=config.lr, diverged=config.seed == 0)
+
+    monkeypatch.setattr(hpo.retrain, "train", fake_train)
+    candidates = [
+        hpo.retrain.Candidate("best (trial 1)", TINY_CONFIG.replace(lr=0.01), 1),
+        hpo.retrain.Candidate("runner-up (trial 2)", TINY_CONFIG.replace(lr=0.02), 2),
+    ]
+    data = load_cifar10(tiny_data_dir, download=False)
+    record = hpo.retrain.retrain(candidates, data, torch.device("cpu"), 2, tmp_path / "w")
+    assert [c["diverged_seeds"] for c in record["candidates"]] == [[0], []]
+    assert record["winner"] == "best (trial 1)"
+    said = "Diverged (training loss became NaN/inf; each scored on the model it left): best (trial 1) seed 0."
+    assert said in hpo.retrain.retrain_markdown(record)
+    no_score = lambda config, *a, **k: _Result(0.5 if config.lr == 0.02 else math.nan, fill=0)  # noqa: E731
+    monkeypatch.setattr(hpo.retrain, "train", no_score)
+    record = hpo.retrain.retrain(candidates, data, torch.device("cpu"), 2, tmp_path / "w")
+    assert record["winner"] == "runner-up (trial 2)"  # max() kept a NaN first candidate before
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db")
+    study.set_user_attr("retrain", {**record, "candidates": [{**record["candidates"][0], "diverged_seeds": [1]}]})
+    markdown = write_report(study, tmp_path / "r")
+    assert "best (trial 1) seed 1." in markdown
+    assert "Weights of the winner, runner-up (trial 2) (seed 0)" in markdown
+
+
+def test_one_run_has_no_sd_and_a_p_that_rounds_to_alpha_stays_below_it():
+    one = summarize([0.71])
+    assert math.isnan(one.std) and str(one) == "0.7100 (one run: no CI or sd)"
+    candidate = {"label": "a", "test_acc": [0.71], "summary": one.to_dict(), "text": str(one)}
+    record = {"train_images": 9, "test_images": 9, "seeds": [0], "device": "cpu", "date": "-"}
+    record["candidates"] = [candidate]
+    table = retrain_blocks(record)[1][1]
+    assert table["sd"].tolist() == ["n/a"] and table["95% CI"].tolist() == ["n/a"]
+    assert p_text(0.04996) == "< 0.05" and p_text(0.0123) == "= 0.0123" and p_text(0.0501) == "= 0.0501"
+    assert p_text(0.049, 1) == "< 0.05"  # "0.05" at one digit
+    verdict = Comparison(0.02, 2.5, 0.04996, True).verdict("a", "b")
+    assert verdict == "a is better than b by 0.0200 (Welch's t-test p < 0.05)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy's "catastrophic cancellation" on identical runs stays off the terminal
+        assert welch([0.1041, 0.1041], [0.0976, 0.1234]).p_value == pytest.approx(0.707, abs=1e-3)
 
 
 def test_report_command_default_folder_and_output_dir(tmp_path):

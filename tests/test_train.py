@@ -140,6 +140,15 @@ def test_divergence_stops_training_early(splits):
     assert result.diverged and result.stopped_early and result.epochs_run < 4
 
 
+def test_a_run_scored_once_is_scored_on_the_epoch_it_diverged(splits):
+    # The retrain scores only the last epoch; a run that diverges before it must still get a score, not NaN.
+    config = TrainConfig(**{**TINY, "epochs": 4, "lr": 100.0, "scheduler": "constant", "weight_decay": 0.0})
+    result = train(config.replace(momentum=0.99).without(*COMPONENTS_OFF), *splits, evaluate_every_epoch=False)
+    assert result.diverged and result.epochs_run < 4
+    assert 0 <= result.val_acc <= 1 and [math.isnan(s.val_acc) for s in result.history][-1] is False
+    assert all(math.isnan(s.val_acc) for s in result.history[:-1])
+
+
 def test_train_subset_limits_images(splits):
     assert len(splits[0]) > 32
     result = train(TrainConfig(**{**TINY, "epochs": 2, "train_subset": 32}), *splits)
