@@ -95,21 +95,36 @@ def top_k_table(complete: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
 
 
 def parameter_blocks(finished: list[optuna.trial.FrozenTrial]) -> list[Block]:
-    if not finished:
-        return [("p", "No finished trial yet.")]
-    frame = pd.DataFrame([{**t.params, "value": t.value} for t in finished])
+    """Statistics of the completed trials' final validation accuracy by parameter. A pruned trial's value is an
+    earlier epoch's accuracy, so it is not mixed in; the categorical tables count how often each choice was pruned."""
+    complete = [t for t in finished if t.state == TrialState.COMPLETE]
+    if not complete:
+        return [("p", "No completed trial yet.")]
+    frame = pd.DataFrame([{**t.params, "value": t.value} for t in complete])
+    pruned = pd.DataFrame([t.params for t in finished if t.state == TrialState.PRUNED], columns=frame.columns)
     blocks: list[Block] = []
     numeric = [c for c in frame.columns if c != "value" and pd.api.types.is_numeric_dtype(frame[c])]
     if numeric:
         described = frame[numeric].describe().T[["count", "mean", "std", "min", "max"]]
         described["corr with val acc"] = [frame[c].corr(frame["value"], method="spearman") for c in numeric]
         blocks += [
-            ("p", "Numeric parameters over finished trials (Spearman correlation with the last reported value):"),
+            (
+                "p",
+                f"Numeric parameters over the {len(complete)} completed trials (Spearman correlation with the final "
+                "validation accuracy; pruned trials, scored at an earlier epoch, are left out):",
+            ),
             ("table", described.round(4)),
         ]
     for name in [c for c in frame.columns if c not in numeric and c != "value"]:
         grouped = frame.groupby(name)["value"].agg(["count", "mean", "max"]).round(4)
-        blocks += [("p", f"`{name}`: value by choice"), ("table", grouped)]
+        grouped = grouped.rename(columns={"count": "completed", "mean": "mean val acc", "max": "max val acc"})
+        counts = pruned[name].value_counts().rename("pruned")
+        grouped = (
+            grouped.join(counts, how="outer")
+            .fillna({"completed": 0, "pruned": 0})
+            .astype({"completed": int, "pruned": int})
+        )
+        blocks += [("p", f"`{name}`: final validation accuracy of the completed trials by choice"), ("table", grouped)]
     return blocks
 
 

@@ -101,6 +101,30 @@ def test_importances_are_not_shown_when_every_trial_scored_the_same(tmp_path):
     assert not (tmp_path / "report" / "importances.png").exists()
 
 
+def test_parameter_statistics_use_the_completed_trials_final_accuracy(tmp_path):
+    # A pruned trial's value is an earlier epoch's accuracy: mixed in, it turned this correlation from +1 to -0.64
+    # and made the better choice ("b") look worse.
+    from hpo.report import parameter_blocks
+
+    dist = {"lr": FloatDistribution(0.1, 10), "aug": CategoricalDistribution(["a", "b", "c"])}
+    trials = [
+        create_trial(state=TrialState.COMPLETE, value=v, params={"lr": lr, "aug": aug}, distributions=dist)
+        for lr, aug, v in [(1, "a", 0.60), (2, "a", 0.62), (3, "b", 0.64), (4, "b", 0.66)]
+    ] + [
+        create_trial(state=TrialState.PRUNED, value=v, params={"lr": lr, "aug": aug}, distributions=dist)
+        for lr, aug, v in [(5, "b", 0.20), (6, "b", 0.15), (7, "c", 0.10)]
+    ]
+    blocks = parameter_blocks(trials)
+    numeric = blocks[1][1]
+    assert numeric.loc["lr", "count"] == 4 and numeric.loc["lr", "corr with val acc"] == 1.0
+    by_choice = blocks[3][1]
+    means = by_choice["mean val acc"].to_dict()
+    assert means == pytest.approx({"a": 0.61, "b": 0.65, "c": math.nan}, nan_ok=True)
+    assert by_choice["completed"].to_dict() == {"a": 2, "b": 2, "c": 0}
+    assert by_choice["pruned"].to_dict() == {"a": 0, "b": 2, "c": 1}
+    assert parameter_blocks(trials[4:]) == [("p", "No completed trial yet.")]
+
+
 def test_report_files_and_sections(tmp_path):
     study = make_study(f"sqlite:///{tmp_path / 's.db'}")
     study.set_user_attr(
