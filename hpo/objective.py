@@ -137,6 +137,8 @@ def _record_curves(trial: optuna.Trial, history: list[EpochStats]) -> None:
     trial.set_user_attr("val_acc_curve", [round(s.val_acc, 6) for s in history])
     trial.set_user_attr("val_loss_curve", [round(s.val_loss, 6) for s in history])
     trial.set_user_attr("epochs_run", len(history))
+    # Without the epochs a resumed attempt replayed from its checkpoint: what this attempt itself trained.
+    trial.set_user_attr("epochs_trained", sum(not s.replayed for s in history))
 
 
 def _record_failed(trial: optuna.Trial, history: list[EpochStats], wall_seconds: float) -> None:

@@ -198,18 +198,21 @@ def tta_name(config: dict) -> str:
 
 
 def accounting_table(trials, finished, settings: dict, run: dict | None = None) -> pd.DataFrame:
+    # A queued retry carries the attributes of the attempt it retries, so only the trials that ran are counted,
+    # and each attempt's own epochs: a retry that resumed from a checkpoint replays the epochs before it.
+    trials = [t for t in trials if t.state != TrialState.WAITING]
     max_epochs = settings.get("epochs") or max((t.user_attrs.get("epochs_run", 0) for t in finished), default=0)
-    epochs_run = sum(t.user_attrs.get("epochs_run", 0) for t in trials)
+    trained = sum(t.user_attrs.get("epochs_trained", t.user_attrs.get("epochs_run", 0)) for t in trials)
     epochs_finished = sum(t.user_attrs.get("epochs_run", 0) for t in finished)
     no_pruning = len(finished) * max_epochs
     saved = 1 - epochs_finished / no_pruning if no_pruning else 0.0
-    train_s = [t.user_attrs.get("train_seconds", 0.0) for t in trials]
+    train_s = [t.user_attrs["train_seconds"] for t in finished if "train_seconds" in t.user_attrs]
     rows = {
-        "trials run (all states)": len(trials),
-        "total training seconds": round(sum(train_s), 1),
-        "mean training seconds per trial": round(sum(train_s) / max(1, len(trials)), 1),
+        "trials run (all states but queued)": len(trials),
+        "total training seconds (finished trials)": round(sum(train_s), 1),
+        "mean training seconds per finished trial": round(sum(train_s) / max(1, len(train_s)), 1),
         "epochs run (finished trials)": epochs_finished,
-        "epochs run (all trials, incl. failed)": epochs_run,
+        "epochs trained (every attempt, incl. failed; replayed epochs once)": trained,
         f"epochs without pruning ({len(finished)} x {max_epochs})": no_pruning,
         "epochs saved by pruning": f"{no_pruning - epochs_finished} ({saved:.0%})",
     }

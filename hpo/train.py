@@ -50,6 +50,7 @@ class EpochStats:
     elapsed: float  # seconds since training started, evaluation included
     lr: float  # learning rate at the end of the epoch
     tta_level: int = 0  # test-time augmentation used for val_acc / val_loss (the final epoch's, by the config)
+    replayed: bool = False  # trained by an earlier attempt and restored from its checkpoint, not trained again
 
 
 EpochCallback = Callable[[EpochStats], "bool | None"]
@@ -293,7 +294,8 @@ def train(
     try:
         for epoch in range(1, config.epochs + 1):
             if epoch <= len(replay):
-                stats = replay[epoch - 1]  # trained before a crash: replayed so the caller sees every epoch once
+                # trained before a crash: replayed so the caller sees every epoch once
+                stats = dataclasses.replace(replay[epoch - 1], replayed=True)
             else:
                 # The whitening stem's bias trains only for the first epochs; then the stem is fixed.
                 model.stem.bias.requires_grad_(not config.whiten or epoch <= config.whiten_bias_epochs)

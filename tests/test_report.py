@@ -125,6 +125,33 @@ def test_parameter_statistics_use_the_completed_trials_final_accuracy(tmp_path):
     assert parameter_blocks(trials[4:]) == [("p", "No completed trial yet.")]
 
 
+def test_accounting_counts_each_attempt_once_and_not_a_queued_retry(tmp_path):
+    # Trial 0 timed out after 2 epochs (FAIL); its queued retry copied its attributes; trial 2 is that retry run to
+    # the end from trial 0's checkpoint (2 epochs replayed, 1 trained); trial 3 is still queued with old attributes.
+    from hpo.report import accounting_table
+
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    dist = {"lr": FloatDistribution(0.1, 10)}
+    failed = {"epochs_run": 2, "epochs_trained": 2, "device_seconds": 4.0}
+    for state, attrs in [
+        (TrialState.FAIL, failed),
+        (TrialState.COMPLETE, {"epochs_run": 3, "epochs_trained": 1, "train_seconds": 2.0, "device_seconds": 2.5}),
+        (TrialState.COMPLETE, {"epochs_run": 3, "train_seconds": 6.0, "device_seconds": 6.5}),  # from before the field
+        (TrialState.WAITING, failed),
+    ]:
+        value = 0.5 if state == TrialState.COMPLETE else None
+        trial = create_trial(state=state, value=value, params={"lr": 1.0}, distributions=dist, user_attrs=attrs)
+        study.add_trial(trial)
+    trials = study.trials
+    finished = [t for t in trials if t.state == TrialState.COMPLETE]
+    table = accounting_table(trials, finished, {"epochs": 3})["value"]
+    assert table["trials run (all states but queued)"] == "3"
+    assert table["epochs trained (every attempt, incl. failed; replayed epochs once)"] == str(2 + 1 + 3)
+    assert table["total training seconds (finished trials)"] == "8.0"
+    assert table["mean training seconds per finished trial"] == "4.0"
+    assert table["device-seconds, total (all trials)"] == "13.0"
+
+
 def test_report_files_and_sections(tmp_path):
     study = make_study(f"sqlite:///{tmp_path / 's.db'}")
     study.set_user_attr(

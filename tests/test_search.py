@@ -163,6 +163,8 @@ def test_timeout_stops_the_running_trial_at_an_epoch_end_and_the_next_run_resume
     retry = optuna.load_study(study_name="cifar10", storage=url).trials[failed.number + 1]
     assert retry.system_attrs["failed_trial"] == failed.number and retry.intermediate_values[1] == MARK
     assert len(retry.intermediate_values) > epochs  # resumed, then trained on until this run's budget ran out
+    # The accounting counts each epoch once: the retry's own epochs leave out the ones it replayed.
+    assert retry.user_attrs["epochs_trained"] == retry.user_attrs["epochs_run"] - epochs
 
 
 def test_parallel_workers_complete_exactly_n_trials_without_lock_errors(tiny_data_dir, tmp_path):

@@ -249,6 +249,7 @@ def test_checkpoint_resume_matches_an_uninterrupted_run(splits, tmp_path):
     seen = []
     resumed = train(config, *splits, checkpoint=ckpt, on_epoch=lambda s: seen.append(s.epoch))
     assert seen == [1, 2, 3, 4]  # restored epochs are replayed, then training goes on
+    assert [h.replayed for h in resumed.history] == [True, True, False, False]  # what the accounting leaves out
     assert [h.val_loss for h in resumed.history] == [h.val_loss for h in straight.history]
     for a, b in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
         assert torch.equal(a, b)
