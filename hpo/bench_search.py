@@ -301,7 +301,8 @@ def summary_table(curves: pd.DataFrame, budget: int, baseline: str = BASELINE) -
             if (baseline, seed) in finals.index:
                 needed.append(epochs_to_reach(curve, finals[(baseline, seed)]))
         final = summarize(list(finals[strategy]))
-        reached = [n for n in needed if math.isfinite(n)]
+        # A pruned study may end up to a trial past the budget; reaching the target there does not count.
+        reached = [n for n in needed if n <= budget]
         rows.append(
             {
                 "strategy": strategy,
@@ -348,18 +349,23 @@ def print_retrain_table(table: pd.DataFrame) -> None:
         print(f"| {r.strategy} | {r.studies} | {r['best validation']:.4f} | {r['retrained test']} | {versus} |")
 
 
+def mean_best_so_far(per_strategy: pd.DataFrame, grid: np.ndarray) -> np.ndarray:
+    """The seeds' mean best-so-far validation accuracy after each number of epochs in ``grid``; NaN until every
+    seed has a completed trial (a mean of the fast seeds alone would look better than the strategy is)."""
+    lines = []
+    for _, curve in per_strategy.groupby("seed"):
+        # Best so far after e epochs = the curve's value at its last row with epochs <= e (NaN before).
+        idx = np.searchsorted(curve.epochs.to_numpy(), grid, side="right") - 1
+        lines.append(np.where(idx >= 0, curve.best.to_numpy()[np.maximum(idx, 0)], np.nan))
+    return pd.DataFrame(lines).mean(axis=0, skipna=False).to_numpy()
+
+
 def plot(curves: pd.DataFrame, budget: int, path: Path) -> None:
     """Mean (over seeds) best-so-far validation accuracy against epochs spent, one line per strategy."""
     grid = np.arange(1, budget + 1)
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for strategy, per_strategy in curves.groupby("strategy", sort=False):
-        lines = []
-        for _, curve in per_strategy.groupby("seed"):
-            # Best so far after e epochs = the curve's value at its last row with epochs <= e (NaN before).
-            idx = np.searchsorted(curve.epochs.to_numpy(), grid, side="right") - 1
-            values = np.where(idx >= 0, curve.best.to_numpy()[np.maximum(idx, 0)], np.nan)
-            lines.append(values)
-        ax.step(grid, pd.DataFrame(lines).mean(axis=0), where="post", label=strategy)  # NaN-skipping
+        ax.step(grid, mean_best_so_far(per_strategy, grid), where="post", label=strategy)
     ax.set_xlabel("epochs spent by the study")
     ax.set_ylabel("best validation accuracy so far (mean over seeds)")
     ax.grid(alpha=0.3)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -17,6 +18,7 @@ from hpo.bench_search import (
     bench_splits,
     best_trials,
     epochs_to_reach,
+    mean_best_so_far,
     rank_correlations,
     retrain_table,
     run_study,
@@ -42,6 +44,30 @@ def _curve(strategy: str, seed: int, epochs: list[int], best: list[float], prune
             "pruned": pruned or [False] * n,
         }
     )
+
+
+def test_a_target_reached_only_past_the_budget_is_not_reached():
+    # A pruned study may end a trial past the budget (12): reaching random's best there (at 17) does not count.
+    curves = pd.concat(
+        [
+            _curve(BASELINE, 0, [6, 12], [0.5, 0.6]),
+            _curve("tpe:hyperband", 0, [1, 2, 6, 11, 17], [0.4, 0.4, 0.5, 0.5, 0.61], [True, True, False, True, False]),
+        ]
+    )
+    tpe = summary_table(curves, budget=12).set_index("strategy").loc["tpe:hyperband"]
+    assert tpe["reached baseline best"] == "0/1" and tpe["lower bound"] and tpe["epochs to baseline best"] == 12
+
+
+def test_the_mean_best_so_far_starts_where_every_seed_has_a_best():
+    curves = pd.concat(
+        [
+            _curve("tpe:hyperband", 0, [6, 12], [0.5, 0.5]),
+            _curve("tpe:hyperband", 1, [1, 2, 8, 12], [math.nan, math.nan, 0.7, 0.7], [True, True, False, False]),
+        ]
+    )
+    mean = mean_best_so_far(curves, np.arange(1, 13))
+    assert np.isnan(mean[:7]).all()  # epochs 1-7: seed 1 has no completed trial yet (0.5 was drawn as the mean)
+    assert mean[7:] == pytest.approx([0.6] * 5)
 
 
 def test_epochs_to_reach_is_the_first_row_at_or_above_the_target():
