@@ -55,8 +55,10 @@ def cutout(x: torch.Tensor, gen: torch.Generator, size: int = CUTOUT) -> torch.T
     cx = torch.randint(0, w, (n,), device=x.device, generator=gen)
     ys = torch.arange(h, device=x.device)
     xs = torch.arange(w, device=x.device)
-    in_y = (ys[None, :] - cy[:, None]).abs() <= size // 2
-    in_x = (xs[None, :] - cx[:, None]).abs() <= size // 2
+    from_top = ys[None, :] - (cy[:, None] - size // 2)  # the square's rows are from_top 0 .. size-1
+    from_left = xs[None, :] - (cx[:, None] - size // 2)
+    in_y = (from_top >= 0) & (from_top < size)
+    in_x = (from_left >= 0) & (from_left < size)
     mask = in_y[:, None, :, None] & in_x[:, None, None, :]  # (N, 1, H, W)
     # x - (x - fill) * mask in wrapping uint8 arithmetic is fill inside the square and x outside: about twice as
     # fast as torch.where with a broadcast fill, on the CPU.

@@ -69,12 +69,20 @@ def test_translate_uses_different_offsets_per_image():
     assert any(o != (2, 2) for o in offsets)
 
 
-def test_cutout_fills_one_square_per_image_with_the_mean():
-    x = torch.zeros(32, 3, 32, 32, dtype=torch.uint8)
-    out = cutout(x, torch.Generator().manual_seed(0), size=8)
+def test_translate_offsets_cover_minus_pad_to_plus_pad():
+    x = torch.zeros(400, 1, 32, 32, dtype=torch.uint8)
+    x[:, :, 16, 16] = 255  # one bright pixel: where it lands is the offset
+    where = translate(x, torch.Generator().manual_seed(0), pad=2)[:, 0].flatten(1).argmax(1)
+    assert set((where // 32).tolist()) == set(range(14, 19)) and set((where % 32).tolist()) == set(range(14, 19))
+
+
+@pytest.mark.parametrize("size", [8, 7])
+def test_cutout_fills_one_square_per_image_with_the_mean(size):
+    x = torch.zeros(200, 3, 32, 32, dtype=torch.uint8)
+    out = cutout(x, torch.Generator().manual_seed(0), size=size)
     changed = (out != x).any(1)  # (N, H, W)
     counts = changed.flatten(1).sum(1)
-    assert (counts > 0).all() and (counts <= 9 * 9).all()
+    assert (counts > 0).all() and counts.max() == size * size  # size x size where the border does not clip it
     assert len({tuple(c.nonzero()[0].tolist()) for c in changed}) > 5  # squares sit in different places
     for square in changed:  # one filled rectangle (a square clipped at the border) per image
         rows, cols = square.any(1).nonzero().flatten(), square.any(0).nonzero().flatten()

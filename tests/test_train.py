@@ -289,3 +289,45 @@ def test_time_based_checkpoints_write_the_last_epoch_and_on_an_exception_only(sp
     resumed = train(config, *splits, checkpoint=ckpt, checkpoint_every=3600, on_epoch=lambda s: seen.append(s.epoch))
     assert seen == [1, 2, 3, 4] and [h.val_loss for h in resumed.history] == [h.val_loss for h in straight.history]
     assert len(torch.load(ckpt, weights_only=True)["history"]) == 4  # the last epoch is always written
+
+
+def _random_split(n: int, seed: int) -> Split:
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 32, 32), dtype=torch.uint8, generator=gen)
+    return Split(images, torch.randint(0, 10, (n,), generator=gen))
+
+
+def test_lookahead_and_schedule_count_global_steps_and_drop_a_ragged_last_batch(monkeypatch):
+    # 90 images at batch 16: 5 full steps per epoch (the last 10 images are dropped), 10 in all.
+    steps = []
+    after_step = hpo.train.Lookahead.after_step
+    spy = lambda self, step: steps.append(step) or after_step(self, step)  # noqa: E731
+    monkeypatch.setattr(hpo.train.Lookahead, "after_step", spy)
+    config = TrainConfig(**TINY)
+    result = train(config, _random_split(90, 0), _random_split(20, 1))
+    assert steps == list(range(1, 11))  # not 1..5 twice: the EMA's decay grows with the step over the whole run
+    assert result.history[-1].lr == pytest.approx(config.lr * config.final_lr_fraction)  # the schedule ends on time
+
+
+def test_label_smoothing_reaches_the_loss():
+    data, held_out = _random_split(32, 0), _random_split(16, 1)
+    plain = train(TrainConfig(**TINY, label_smoothing=0.0), data, held_out)
+    smoothed = train(TrainConfig(**TINY, label_smoothing=0.2), data, held_out)
+    assert plain.history[0].train_loss != smoothed.history[0].train_loss
+
+
+def test_resume_restores_the_lookahead_average_when_an_epoch_does_not_end_on_a_pull(tmp_path):
+    # 80 images at batch 32: 2 steps per epoch, so the epoch ends between two lookahead pulls (every 5 steps).
+    config = TrainConfig(**{**TINY, "batch_size": 32, "epochs": 4})
+    data, held_out = _random_split(80, 0), _random_split(20, 1)
+    straight = train(config, data, held_out)
+
+    def crash(stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, data, held_out, checkpoint=tmp_path / "c.pt", on_epoch=crash)
+    resumed = train(config, data, held_out, checkpoint=tmp_path / "c.pt")
+    for a, b in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
+        assert torch.equal(a, b)
