@@ -34,6 +34,8 @@ def test_int_is_accepted_where_float_expected():
         ({"weight_decay": -1e-4}, "weight_decay must be in"),
         ({"dropout": 1.5}, "dropout must be in"),
         ({"label_smoothing": 1.0}, "label_smoothing must be in"),
+        ({"warmup_fraction": 1.0}, "warmup_fraction must be in"),  # 1: onecycle would never decay
+        ({"final_lr_fraction": 1.0}, "final_lr_fraction must be in"),
         ({"batch_size": 0}, "batch_size must be in"),
         ({"epochs": 0}, "epochs must be in"),
         ({"seed": -1}, "seed must be"),

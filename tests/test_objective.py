@@ -117,3 +117,20 @@ def test_learning_curves_are_drawn_off_the_training_thread(objective, tmp_path, 
             if a.filename.endswith(".png")
         ]
         assert (tmp_path / "s-artifacts" / curve.artifact_id).read_bytes().startswith(b"\x89PNG")
+
+
+def test_the_deadline_stops_a_trial_between_epochs_but_never_after_its_last(tiny_data_dir):
+    import dataclasses
+    import time
+
+    from hpo.objective import SearchTimeout
+
+    train_split, val_split = train_val_split(load_cifar10(tiny_data_dir, download=False).train, 0.2)
+    space = SearchSpace.from_dict({"augmentation": "flip", "scheduler": "cosine"})
+    passed = Objective(space, BASE.replace(epochs=1), train_split, val_split, torch.device("cpu"), deadline=time.time())
+    study = optuna.create_study(direction="maximize")
+    study.optimize(passed, n_trials=1)
+    assert study.trials[0].state == optuna.trial.TrialState.COMPLETE  # its only epoch was its last: it completes
+    longer = dataclasses.replace(passed, base=BASE.replace(epochs=2))
+    with pytest.raises(SearchTimeout, match="after epoch 1"):
+        longer(optuna.create_study(direction="maximize").ask())

@@ -99,6 +99,18 @@ def test_whitened_patches_have_identity_covariance():
     assert not torch.allclose(raw, torch.eye(len(raw)), atol=0.5)
 
 
+def test_a_narrow_whitening_stem_keeps_the_directions_of_largest_variance():
+    # 8 filters keep 4 of a 2x2x3 patch's 12 directions: they must be the 4 of largest variance.
+    images = smooth_images()
+    stem = build_model(TrainConfig(**{**TINY, "stem_width": 8})).stem
+    whiten_stem(stem, images)
+    rows = patches(images)
+    filters = stem.weight.reshape(8, -1)[:4]
+    captured = ((rows @ (filters / filters.norm(dim=1, keepdim=True)).T) ** 2).mean(0)  # variance along each
+    largest = torch.linalg.eigvalsh(rows.T @ rows / len(rows)).flip(0)[:4]
+    assert torch.allclose(captured.sort(descending=True).values, largest, rtol=1e-3)
+
+
 def test_whitening_stem_is_frozen_and_its_bias_trains_only_for_the_first_epochs(splits, tmp_path):
     config = TrainConfig(**{**TINY, "epochs": 3}, whiten_bias_epochs=1)
     ckpt = tmp_path / "run.pt"

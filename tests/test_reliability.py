@@ -595,3 +595,24 @@ def test_the_progress_bar_is_drawn_on_a_terminal_only_and_the_trial_lines_always
     run_worker(optuna.create_study(direction="maximize"), objective, n_trials=2, deadline=None, bar=True)
     assert ("trial/s" in stream.getvalue()) == tty
     assert [line.split()[:2] for line in capsys.readouterr().out.splitlines()] == [["trial", "0"], ["trial", "1"]]
+
+
+def test_the_heartbeat_beats_for_as_long_as_the_trial_runs():
+    # One beat and then silence would make every trial longer than the grace period look dead, and be retried
+    # while it still runs.
+    class Storage:
+        beats: list[float] = []
+
+        def get_heartbeat_interval(self) -> float:
+            return 0.05
+
+        def record_heartbeat(self, trial_id: int) -> None:
+            Storage.beats.append(time.monotonic())
+
+    start = time.monotonic()
+    with hpo.storage.heartbeat(Storage(), 1):
+        time.sleep(0.5)
+    assert len(Storage.beats) >= 4 and Storage.beats[-1] - start > 0.3
+    count = len(Storage.beats)
+    time.sleep(0.15)
+    assert len(Storage.beats) == count  # and it stops with the trial

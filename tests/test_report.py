@@ -346,6 +346,24 @@ def test_retrain_saves_the_winners_weights_not_the_first_candidates(tmp_path, ti
     assert "runner-up (trial 2)" in hpo.retrain.retrain_markdown(record)
 
 
+def test_every_candidate_is_retrained_with_the_same_seeds(tiny_data_dir, monkeypatch):
+    # Paired by seed, whatever seed a candidate's trial had: 0..k-1 for each.
+    import hpo.retrain
+    from hpo.data import load_cifar10
+
+    seeds = []
+
+    def fake_train_all(configs, data, device, jobs):
+        for config in configs:
+            seeds.append(config.seed)
+            yield 0.5, 1.0, None, False
+
+    monkeypatch.setattr(hpo.retrain, "_train_all", fake_train_all)
+    candidates = [hpo.retrain.Candidate(name, TINY_CONFIG.replace(seed=seed)) for name, seed in (("a", 7), ("b", 0))]
+    hpo.retrain.retrain(candidates, load_cifar10(tiny_data_dir, download=False), torch.device("cpu"), 2)
+    assert seeds == [0, 1, 0, 1]
+
+
 def test_diverged_runs_are_named_and_a_nan_mean_never_wins(tmp_path, tiny_data_dir, monkeypatch):
     import hpo.retrain
     from hpo.data import load_cifar10

@@ -24,6 +24,8 @@ def test_step_drops_tenfold_each_third():
     v = curve("step", steps=90)
     assert v[0] == 1.0 and v[29] == 1.0
     assert v[30] == pytest.approx(0.1) and v[60] == pytest.approx(0.01) and v[90] == pytest.approx(0.001)
+    # When the steps do not divide by 3, the run still trains at three levels (no fourth drop at its last step).
+    assert {round(lr, 9) for lr in curve("step", steps=100)[:100]} == {1.0, 0.1, 0.01}
 
 
 def test_cosine_goes_from_peak_to_zero():

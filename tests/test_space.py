@@ -138,3 +138,20 @@ def test_invalid_space_files_are_rejected(tmp_path, text, message):
 def test_missing_space_file(tmp_path):
     with pytest.raises(SpaceError, match="cannot read space file"):
         SearchSpace.load(tmp_path / "nope.yaml")
+
+
+def test_learning_rate_and_weight_decay_are_sampled_on_a_log_scale():
+    trial = optuna.create_study().ask()
+    SearchSpace.default().suggest(trial, TrainConfig())
+    assert trial.distributions["lr_decoupled"].log and trial.distributions["wd_decoupled"].log
+
+
+def test_a_space_without_lr_keeps_the_decoupled_lr_while_momentum_is_sampled():
+    # The space is in decoupled units: fixing lr_decoupled fixes the step size per unit gradient, so a sampled
+    # momentum changes the plain SGD lr (lr_sgd = lr_decoupled x batch / (1024 x (1 + 1 / (1 - momentum)))).
+    base = TrainConfig()
+    config = SearchSpace.to_config({"momentum": 0.5}, base)
+    assert config.momentum == 0.5 and config.lr != pytest.approx(base.lr)
+    assert from_sgd(config.lr, config.weight_decay, 0.5, config.batch_size) == pytest.approx(
+        from_sgd(base.lr, base.weight_decay, base.momentum, base.batch_size)
+    )
