@@ -89,7 +89,7 @@ def open_storage(url: str, heartbeat_interval: int | None = 30, writable: bool =
     """An Optuna storage for ``url``; a malformed or unreachable URL, an in-memory SQLite database (lost at exit,
     unseen by the workers) and, when ``writable``, a read-only SQLite file are an ``HpoError`` naming the problem."""
     if url.startswith("journal:"):
-        return _journal(url.removeprefix("journal:").removeprefix("//"))
+        return _journal(url.removeprefix("journal:").removeprefix("//"), writable)
     try:
         parsed = make_url(url)
     except (ArgumentError, ValueError):
@@ -101,15 +101,15 @@ def open_storage(url: str, heartbeat_interval: int | None = 30, writable: bool =
     if parsed.get_backend_name() == "sqlite":
         if not parsed.database or parsed.database == ":memory:" or parsed.query.get("mode") == "memory":
             raise HpoError(f"storage URL {url!r} names no database file: use sqlite:///studies/NAME.db")
-        try:
-            _prepare_sqlite(Path(parsed.database), writable)
-        except HpoError:
-            if writable or not _readable_as_immutable(Path(parsed.database)):
-                raise
-            # A WAL file in a folder nobody may write: SQLite cannot make the "-shm" file a reader needs, and with
-            # no "-wal" file no writer can be at work, so the file can be read as it stands.
-            url = f"sqlite:///file:{quote(parsed.database)}?immutable=1&uri=true"
-        engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
+        path = Path(parsed.database)
+        if not writable and _frozen_wal_file(path):
+            # SQLite cannot make the "-shm" file a WAL reader needs, and nobody can be writing: read it as it
+            # stands. The URI is built here, from the path, so characters such as # and % stay part of it.
+            uri = f"file:{quote(str(path.resolve()))}?immutable=1"
+            engine_kwargs = {"creator": lambda: sqlite3.connect(uri, uri=True, check_same_thread=False)}
+        else:
+            _prepare_sqlite(path, writable)
+            engine_kwargs = {"connect_args": {"timeout": SQLITE_BUSY_TIMEOUT_S}}
     heartbeat = {}
     if heartbeat_interval:
         heartbeat = {
@@ -145,7 +145,7 @@ def _prepare_sqlite(path: Path, writable: bool) -> None:
         raise HpoError(
             f"SQLite study file {path} is read-only: make it writable, or copy it and pass --storage with the copy"
         )
-    if writable and path.exists() and not os.access(path.parent, os.W_OK):  # SQLite writes its journal beside it
+    if writable and path.exists() and not _writable_folder(path):  # SQLite writes its journal beside it
         raise HpoError(
             f"SQLite study file {path} is in a read-only folder: make {path.parent} writable, or copy the file "
             "and pass --storage with the copy"
@@ -164,18 +164,20 @@ def _prepare_sqlite(path: Path, writable: bool) -> None:
         ) from None
 
 
-def _readable_as_immutable(path: Path) -> bool:
-    if not path.is_file() or Path(f"{path}-wal").exists():
+def _frozen_wal_file(path: Path) -> bool:
+    """A WAL-mode SQLite file in a folder nobody may write, with no "-wal" or "-journal" file beside it (which
+    would hold a writer's changes): it can only be read, and only as it stands."""
+    if not path.is_file() or _writable_folder(path):
         return False
-    try:
-        conn = sqlite3.connect(f"file:{quote(str(path))}?immutable=1", uri=True)
-        try:
-            conn.execute("PRAGMA schema_version").fetchone()
-        finally:
-            conn.close()
-    except sqlite3.Error:
+    if Path(f"{path}-wal").exists() or Path(f"{path}-journal").exists():
         return False
-    return True
+    with path.open("rb") as f:
+        header = f.read(20)
+    return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"  # file format 2: WAL
+
+
+def _writable_folder(path: Path) -> bool:
+    return os.access(path.parent, os.W_OK)
 
 
 def use_wal(url: str) -> None:
@@ -195,9 +197,15 @@ def use_wal(url: str) -> None:
         raise HpoError(f"cannot switch SQLite study file {path} to WAL mode ({err})") from None
 
 
-def _journal(path: str) -> BaseStorage:
+def _journal(path: str, writable: bool = True) -> BaseStorage:
     from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+    journal = Path(path)
+    if writable and journal.exists() and not (os.access(journal, os.W_OK) and _writable_folder(journal)):
+        raise HpoError(
+            f"journal file {path} or its folder is read-only (Optuna writes a lock file beside it): make both "
+            "writable, or copy the file and pass --storage journal:<the copy>"
+        )
     try:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         _check_journal(Path(path))
@@ -306,7 +314,6 @@ def load_existing_study(study_name: str, url: str | None = None, writable: bool 
         names = sorted(s.study_name for s in optuna.get_all_study_summaries(storage))
         held = f"it holds {', '.join(repr(n) for n in names)} (pass --study-name)" if names else "it holds no study"
         raise HpoError(f"no study {study_name!r} in {redact(url)}: {held}") from None
-    opened = str(getattr(getattr(storage, "_backend", storage), "url", ""))
-    if path is None or (os.access(path, os.W_OK) and "immutable=1" not in opened):
+    if path is None or (os.access(path, os.W_OK) and _writable_folder(path)):
         use_wal(url)  # a reader beside running workers never blocks them; a read-only file is read as it is
     return study

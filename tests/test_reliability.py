@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 
 import optuna
 import pytest
@@ -314,33 +315,46 @@ def test_a_read_only_study_file_is_refused_by_the_search_and_still_read_by_the_r
         db.chmod(0o644)
 
 
-def test_a_wal_study_file_in_a_read_only_folder_is_still_read(tmp_path):
-    # SQLite cannot make the "-shm" file a WAL reader needs there; with no "-wal" file nobody writes, so it is read
-    # as it stands (immutable).
-    folder = tmp_path / "ro"
+@pytest.mark.parametrize(
+    ("name", "mode", "beside"),
+    [("ro", "wal", None), ("r#o %?", "wal", None), ("ro", "delete", None), ("ro", "wal", "-journal")],
+    ids=["wal", "wal-odd-folder-name", "rollback-journal", "wal-with-a-journal-beside"],
+)
+def test_a_study_file_in_a_read_only_folder_is_still_read(tmp_path, name, mode, beside):
+    # WAL: SQLite cannot make the "-shm" file a reader needs there; with no "-wal" or "-journal" file beside it
+    # nobody writes, so it is read as it stands (immutable). Rollback-journal mode needs nothing beside it.
+    folder = tmp_path / name
     folder.mkdir()
-    db, url = folder / "s.db", f"sqlite:///{folder / 's.db'}"
+    db = folder / "s.db"
+    url = f"sqlite:///{urllib.parse.quote(str(db))}"  # SQLAlchemy decodes it: ? and % are the path's
     study = optuna.create_study(study_name="cifar10", storage=url, direction="maximize")
     study.optimize(lambda t: t.suggest_float("lr", 0.1, 1.0), n_trials=3)
     values = [t.value for t in study.trials]
     with sqlite3.connect(db) as conn:
-        conn.execute("PRAGMA journal_mode=WAL").fetchone()
+        conn.execute(f"PRAGMA journal_mode={mode}").fetchone()
+    if beside:
+        pathlib.Path(f"{db}{beside}").write_bytes(b"")
+    files = sorted(p.name for p in folder.iterdir())
     before = digest(db)
     if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
         folder.chmod(0o555)
         if os.access(folder, os.W_OK):
             pytest.skip("cannot make a folder read-only for this user here")
     try:
-        with pytest.raises(sqlite3.OperationalError):  # what every reader hit before
-            sqlite3.connect(db).execute("PRAGMA schema_version").fetchone()
+        if beside:  # a writer's file: not read as it stands, but refused in one line
+            with pytest.raises(HpoError, match="cannot open SQLite study file"):
+                hpo.storage.load_existing_study("cifar10", url)
+            return
         loaded = hpo.storage.load_existing_study("cifar10", url)
         assert [t.value for t in loaded.trials] == values
         assert re.search(r"\| COMPLETE \|\s+3 \|", hpo.report.write_report(loaded, tmp_path / "r"))
         # The commands that write to the study refuse it before any work, not after the training.
         for main in (hpo.retrain.main, hpo.search.main):
-            with pytest.raises(HpoError, match=f"s.db is in a read-only folder: make {folder} writable"):
+            with pytest.raises(HpoError, match="s.db is in a read-only folder: make .* writable"):
                 main(["--storage", url, "--data-dir", str(tmp_path / "no-data")])
-        assert sorted(p.name for p in folder.iterdir()) == ["s.db"] and digest(db) == before
+        assert sorted(p.name for p in folder.iterdir()) == files and digest(db) == before
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted([name, "r"])  # no database made elsewhere
+        assert db.read_bytes()[18] == (2 if mode == "wal" else 1)  # the file format: still in its journal mode
     finally:
         subprocess.run(["chattr", "-i", str(folder)], capture_output=True)
         folder.chmod(0o755)
@@ -616,3 +630,24 @@ def test_the_heartbeat_beats_for_as_long_as_the_trial_runs():
     count = len(Storage.beats)
     time.sleep(0.15)
     assert len(Storage.beats) == count  # and it stops with the trial
+
+
+@pytest.mark.parametrize("locked", ["file", "folder"])
+def test_a_read_only_journal_is_read_but_refused_by_the_commands_that_write(tmp_path, locked):
+    log = tmp_path / "j" / "s.log"
+    url = f"journal:{log}"
+    study = optuna.create_study(study_name="cifar10", storage=hpo.storage.open_storage(url), direction="maximize")
+    study.optimize(lambda t: t.suggest_float("lr", 0.1, 1.0), n_trials=2)
+    target = log if locked == "file" else log.parent
+    if subprocess.run(["chattr", "+i", str(target)], capture_output=True).returncode != 0:
+        target.chmod(0o555 if locked == "folder" else 0o444)
+        if os.access(target, os.W_OK):
+            pytest.skip("cannot make a file read-only for this user here")
+    try:
+        assert len(hpo.storage.load_existing_study("cifar10", url).trials) == 2
+        for main in (hpo.retrain.main, hpo.search.main):  # before loading data or training, not a traceback after
+            with pytest.raises(HpoError, match=f"journal file {log} or its folder is read-only"):
+                main(["--storage", url, "--data-dir", str(tmp_path / "no-data")])
+    finally:
+        subprocess.run(["chattr", "-i", str(target)], capture_output=True)
+        target.chmod(0o755)
