@@ -289,8 +289,10 @@ def retrain_table(best: pd.DataFrame, baseline: str = BASELINE) -> pd.DataFrame:
 
 def summary_table(curves: pd.DataFrame, budget: int, baseline: str = BASELINE) -> pd.DataFrame:
     """Per strategy: trials, pruned share, final best (mean ± CI over seeds), and the epochs each study needed to
-    reach the baseline's final best for the same seed, also as a fraction of the budget."""
-    finals = curves.groupby(["strategy", "seed"]).best.last()
+    reach the baseline's final best for the same seed, also as a fraction of the budget; bests within the budget."""
+    # Final bests as the budget ends: a pruned study's last trial may run past it, and what it found there is
+    # neither counted as reached nor as the target.
+    finals = curves[curves.epochs <= budget].groupby(["strategy", "seed"]).best.last()
     rows = []
     for strategy, per_strategy in curves.groupby("strategy", sort=False):
         needed, trials, pruned, seconds = [], [], [], []
@@ -425,6 +427,8 @@ def search_benchmark(args, device: torch.device) -> None:
     if BASELINE not in strategies:
         strategies.append(BASELINE)  # what 'epochs to reach' is measured against
     epochs = args.epochs or 6
+    if args.budget is not None and args.budget < epochs:
+        raise HpoError(f"--budget {args.budget} is less than one trial of --epochs {epochs}: pass a larger --budget")
     bench = BenchSettings(
         data_dir=args.data_dir,
         epochs=epochs,

@@ -129,8 +129,9 @@ def parameter_blocks(finished: list[optuna.trial.FrozenTrial]) -> list[Block]:
 
 
 def importance_blocks(study: optuna.Study, out_dir: Path) -> list[Block]:
-    values = {t.value for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))}
-    if len(values) == 1:  # fANOVA would split the importance evenly, even onto a parameter that never changed
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    values = {t.value for t in complete}
+    if len(complete) > 1 and len(values) == 1:  # fANOVA would split it evenly, even onto a constant parameter
         return [
             (
                 "p",

@@ -56,6 +56,12 @@ def test_a_target_reached_only_past_the_budget_is_not_reached():
     )
     tpe = summary_table(curves, budget=12).set_index("strategy").loc["tpe:hyperband"]
     assert tpe["reached baseline best"] == "0/1" and tpe["lower bound"] and tpe["epochs to baseline best"] == 12
+    assert tpe["final best"] == "0.5000"  # as the budget ended, not the 0.61 found after it
+    # A budget that is no multiple of the trial length: random's own last trial ends past it too (at 12 of 10);
+    # its target is its best within the budget, which it reached itself.
+    table = summary_table(curves, budget=10).set_index("strategy")
+    assert table.loc[BASELINE, "reached baseline best"] == "1/1" and not table.loc[BASELINE, "lower bound"]
+    assert table.loc[BASELINE, "final best"] == "0.5000" and table.loc[BASELINE, "epochs to baseline best"] == 6
 
 
 def test_the_mean_best_so_far_starts_where_every_seed_has_a_best():
@@ -450,6 +456,7 @@ def test_cli_oracle_reads_back_an_earlier_run_without_rerunning_it(tiny_data_dir
         (["--curves", "x.csv"], "--curves is for --search"),
         (["--search", "--oracle", "-1"], "--oracle must be >= 0"),
         (["--search", "--oracle", "2", "--oracle-runs", "0"], "--oracle-runs must be at least 1"),
+        (["--search", "--epochs", "3", "--budget", "2"], "--budget 2 is less than one trial of --epochs 3"),
     ],
 )
 def test_bad_curves_or_oracle_flags_are_one_line(tiny_data_dir, tmp_path, flags, message, capsys, monkeypatch):

@@ -99,6 +99,10 @@ def test_importances_are_not_shown_when_every_trial_scored_the_same(tmp_path):
     section = write_report(study, tmp_path / "report").split("Parameter importances")[1].split("##")[0]
     assert "Not available: every completed trial scored 0.1000" in section and "momentum" not in section
     assert not (tmp_path / "report" / "importances.png").exists()
+    one = optuna.create_study(study_name="one", storage=f"sqlite:///{tmp_path}/s.db", direction="maximize")
+    one.add_trial(create_trial(state=TrialState.COMPLETE, value=0.6, params=params, distributions=dist))
+    section = write_report(one, tmp_path / "one").split("Parameter importances")[1].split("##")[0]
+    assert "Not available yet: too few completed trials" in section  # one trial is too few, not "all the same"
 
 
 def test_parameter_statistics_use_the_completed_trials_final_accuracy(tmp_path):
