@@ -78,6 +78,11 @@ class Objective:
         trial.set_user_attr("config", config.to_dict())
         trial.set_user_attr("seed", config.seed)
         trial.set_user_attr("device", str(self.device))
+        if "epochs_run" in trial.user_attrs:
+            # A retry carries the attributes of the attempt it retries; until it records its own (if it dies
+            # outright it never does), it has trained nothing, so the accounting must not count those again.
+            for name in ("epochs_run", "epochs_trained", "device_seconds", "wall_seconds"):
+                trial.set_user_attr(name, 0)
 
         history: list[EpochStats] = []
 

@@ -134,3 +134,26 @@ def test_the_deadline_stops_a_trial_between_epochs_but_never_after_its_last(tiny
     longer = dataclasses.replace(passed, base=BASE.replace(epochs=2))
     with pytest.raises(SearchTimeout, match="after epoch 1"):
         longer(optuna.create_study(direction="maximize").ask())
+
+
+def test_a_retry_counts_no_epochs_or_device_time_until_it_records_its_own(objective, monkeypatch):
+    # A queued retry copies the failed attempt's attributes; a worker killed during the retry would leave them
+    # standing, and the accounting would count that attempt's epochs and seconds twice.
+    import hpo.objective
+
+    study = optuna.create_study(direction="maximize")
+    copied = {"epochs_run": 2, "epochs_trained": 2, "device_seconds": 40.0, "wall_seconds": 41.0}
+    study.enqueue_trial({}, user_attrs=copied)
+    seen = {}
+
+    class Killed(Exception):
+        pass
+
+    def killed_while_training(*args, **kwargs):
+        seen.update(study.trials[0].user_attrs)
+        raise Killed
+
+    monkeypatch.setattr(hpo.objective, "train", killed_while_training)
+    with pytest.raises(Killed):
+        study.optimize(objective, n_trials=1)
+    assert {name: seen[name] for name in copied} == dict.fromkeys(copied, 0)
