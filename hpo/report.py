@@ -103,7 +103,11 @@ def parameter_blocks(finished: list[optuna.trial.FrozenTrial]) -> list[Block]:
     frame = pd.DataFrame([{**t.params, "value": t.value} for t in complete])
     pruned = pd.DataFrame([t.params for t in finished if t.state == TrialState.PRUNED], columns=frame.columns)
     blocks: list[Block] = []
-    numeric = [c for c in frame.columns if c != "value" and pd.api.types.is_numeric_dtype(frame[c])]
+    numeric = [  # a boolean choice (lookahead: true/false) is a choice, not a number to average
+        c
+        for c in frame.columns
+        if c != "value" and pd.api.types.is_numeric_dtype(frame[c]) and not pd.api.types.is_bool_dtype(frame[c])
+    ]
     if numeric:
         described = frame[numeric].describe().T[["count", "mean", "std", "min", "max"]]
         described["corr with val acc"] = [frame[c].corr(frame["value"], method="spearman") for c in numeric]

@@ -111,11 +111,19 @@ def test_parameter_statistics_use_the_completed_trials_final_accuracy(tmp_path):
     from hpo.report import parameter_blocks
 
     dist = {"lr": FloatDistribution(0.1, 10), "aug": CategoricalDistribution(["a", "b", "c"])}
+    dist["lookahead"] = CategoricalDistribution([True, False])  # a boolean choice is a choice, not a number
     trials = [
-        create_trial(state=TrialState.COMPLETE, value=v, params={"lr": lr, "aug": aug}, distributions=dist)
+        create_trial(
+            state=TrialState.COMPLETE,
+            value=v,
+            params={"lr": lr, "aug": aug, "lookahead": lr % 2 == 0},
+            distributions=dist,
+        )
         for lr, aug, v in [(1, "a", 0.60), (2, "a", 0.62), (3, "b", 0.64), (4, "b", 0.66)]
     ] + [
-        create_trial(state=TrialState.PRUNED, value=v, params={"lr": lr, "aug": aug}, distributions=dist)
+        create_trial(
+            state=TrialState.PRUNED, value=v, params={"lr": lr, "aug": aug, "lookahead": True}, distributions=dist
+        )
         for lr, aug, v in [(5, "b", 0.20), (6, "b", 0.15), (7, "c", 0.10)]
     ]
     blocks = parameter_blocks(trials)
@@ -127,6 +135,9 @@ def test_parameter_statistics_use_the_completed_trials_final_accuracy(tmp_path):
     assert by_choice["completed"].to_dict() == {"a": 2, "b": 2, "c": 0}
     assert by_choice["pruned"].to_dict() == {"a": 0, "b": 2, "c": 1}
     assert parameter_blocks(trials[4:]) == [("p", "No completed trial yet.")]
+    assert list(numeric.index) == ["lr"] and blocks[5][1]["mean val acc"].to_dict() == pytest.approx(
+        {False: 0.62, True: 0.64}
+    )
 
 
 def test_accounting_counts_each_attempt_once_and_not_a_queued_retry(tmp_path):
