@@ -40,7 +40,7 @@ def load_checkpoint(path: Path, config_dict: dict[str, Any]) -> dict[str, Any] |
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception:  # noqa: BLE001 - an unreadable checkpoint only means starting from scratch
         return None
-    return state if state.get("config") == config_dict else None
+    return state if isinstance(state, dict) and state.get("config") == config_dict else None
 
 
 def rng_state(gen: torch.Generator, device: torch.device) -> dict[str, torch.Tensor]:

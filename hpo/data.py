@@ -191,6 +191,8 @@ def _validate_batch(path: Path, entry: object) -> tuple[torch.Tensor, torch.Tens
         raise DataError(f"{path}: images must be uint8 rows of 3072 values, got {data.dtype} {data.shape}; {fix}")
     if labels.shape != (data.shape[0],):
         raise DataError(f"{path}: {data.shape[0]} images but {labels.size} labels; {fix}")
+    if labels.size and labels.dtype.kind not in "iu":  # strings would crash below, floats be truncated
+        raise DataError(f"{path}: labels must be integers 0..9, got {labels.dtype} values; {fix}")
     if labels.size and (labels.min() < 0 or labels.max() >= NUM_CLASSES):
         raise DataError(f"{path}: labels must be in 0..9, found {labels.min()}..{labels.max()}; {fix}")
     images = torch.from_numpy(data.reshape(-1, 3, 32, 32).copy())

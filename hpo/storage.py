@@ -41,7 +41,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
     RETRY_STALE = RetryHeartbeatStaleTrialCallback(max_retry=MAX_RETRY)
 SCHEMA_RETRIES = 4
-_PASSWORD = re.compile(r"(//[^/:@]*:)[^/]*@")
+_PASSWORD = re.compile(r"(//[^/:@]*:).*@")  # up to the last @: a password may hold / or @
 _UNUSABLE_IN_NAMES = re.compile(r"[/\\?#%\x00-\x1f]|^[.\s]|\s$")  # paths, URL syntax, control characters
 MAX_NAME = 100  # with suffixes such as "-checkpoints", well within the 255 bytes a file name may have
 

@@ -177,3 +177,39 @@ def test_copies_of_counts_the_images_that_repeat_a_reference_image():
     tiled = Split(images.repeat(3, 1, 1, 1), torch.zeros(150, dtype=torch.long))
     train, val = train_val_split(tiled, 0.2)
     assert copies_of(val.images, train.images) == len(val)  # a tiled set's validation split repeats its training
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ([0, -1, 2, 3], "labels must be in 0..9, found -1..3"),
+        (["a", "b", "c", "d"], "labels must be integers 0..9, got <U1 values"),  # numpy crashed on these
+        ([0.0, 1.5, 2.0, 3.0], "labels must be integers 0..9, got float64 values"),  # these were truncated
+    ],
+)
+def test_labels_that_are_no_class_numbers_are_refused(tiny_data_dir, labels, message):
+    with open(tiny_data_dir / "cifar-10-batches-py" / "data_batch_2", "wb") as f:
+        pickle.dump({"data": np.zeros((4, 3072), np.uint8), "labels": labels}, f)
+    with pytest.raises(DataError, match=message):
+        load_cifar10(tiny_data_dir, download=False)
+
+
+class _NumpySave:
+    """Unpickles as ``numpy.save(path, ...)``: a numpy function outside the allow-list, one that writes a file."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (np.save, (str(self.path), np.zeros(1)))
+
+
+def test_a_batch_naming_any_other_numpy_function_is_refused_not_run(tiny_data_dir, tmp_path):
+    marker = tmp_path / "ran.npy"
+    batch = tiny_data_dir / "cifar-10-batches-py" / "data_batch_2"
+    entry = pickle.loads(batch.read_bytes())
+    entry["batch_label"] = _NumpySave(marker)
+    batch.write_bytes(pickle.dumps(entry))
+    with pytest.raises(DataError, match="names numpy.*which no CIFAR-10 batch does"):
+        load_cifar10(tiny_data_dir, download=False)
+    assert not marker.exists()

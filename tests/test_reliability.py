@@ -651,3 +651,66 @@ def test_a_read_only_journal_is_read_but_refused_by_the_commands_that_write(tmp_
     finally:
         subprocess.run(["chattr", "-i", str(target)], capture_output=True)
         target.chmod(0o755)
+
+
+def test_failures_separated_by_successes_do_not_stop_the_study(tiny_data_dir, monkeypatch):
+    # The guard stops a study after failures *in a row*; a success in between starts the count again.
+    import hpo.objective
+
+    train_split, val_split = train_val_split(load_cifar10(tiny_data_dir, download=False).train, 0.2)
+    base = TrainConfig(widths=(8, 16, 16), stem_width=8, batch_size=16, epochs=1)
+    space = SearchSpace.from_dict({"augmentation": "none", "scheduler": "constant"})
+    objective = Objective(space, base, train_split, val_split, torch.device("cpu"))
+    real_train, calls = hpo.objective.train, []
+
+    def every_other_fails(*args, **kwargs):
+        calls.append(1)
+        if len(calls) % 2:
+            raise ValueError("flaky disk")
+        return real_train(*args, **kwargs)
+
+    monkeypatch.setattr(hpo.objective, "train", every_other_fails)
+    study = optuna.create_study(direction="maximize")
+    run_worker(study, objective, n_trials=3, deadline=None, bar=False)  # 3 failures, never 2 in a row
+    assert [t.state.name for t in study.trials] == ["FAIL", "COMPLETE"] * 3
+
+
+@pytest.mark.parametrize("name", [" lead", "trail ", "\tx"])
+def test_a_study_name_with_whitespace_at_either_end_is_refused(name):
+    import argparse
+
+    with pytest.raises(argparse.ArgumentTypeError, match="is not a usable study name"):
+        checked_study_name(name)
+
+
+def test_ask_lock_holds_an_exclusive_lock_beside_a_sqlite_study(tmp_path):
+    # The race it prevents (two workers taking one queued trial) is too rare for the parallel tests to catch.
+    import fcntl
+
+    storage = hpo.storage.open_storage(f"sqlite:///{tmp_path / 's.db'}", heartbeat_interval=None)
+    lock_path = tmp_path / "s.db.ask-lock"
+    # Another open file description on the lock file, as another worker's:
+    with hpo.storage.ask_lock(storage), open(lock_path, "a") as other, pytest.raises(BlockingIOError):
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with open(lock_path, "a") as other:  # released afterwards
+        fcntl.flock(other, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+def test_a_deferred_sigterm_comes_back_as_terminated_so_it_reaches_the_workers():
+    from hpo.errors import Terminated, interrupts_deferred
+
+    with pytest.raises(KeyboardInterrupt) as held, interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert type(held.value) is Terminated
+    with pytest.raises(KeyboardInterrupt) as held, interrupts_deferred():
+        os.kill(os.getpid(), signal.SIGINT)
+    assert type(held.value) is KeyboardInterrupt
+
+
+@pytest.mark.parametrize(
+    "url", ["postgresql://u:pa/ss@h:5432:x/db", "postgresql://u:p@ss@h:5432:x/db", "nonsense //u:pa/ss@h"]
+)
+def test_a_password_is_hidden_even_in_a_url_that_does_not_parse(url):
+    # Without a PostgreSQL server: the fallback for URLs SQLAlchemy cannot parse stopped at the first "/".
+    assert "pa/ss" not in hpo.storage.redact(url) and "p@ss" not in hpo.storage.redact(url)
+    assert "u:***@h" in hpo.storage.redact(url)

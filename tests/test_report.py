@@ -709,3 +709,33 @@ def test_a_search_rerun_reuses_the_stored_retrain_only_when_it_covers_the_same_r
     (tmp_path / "elsewhere").mkdir()
     (tmp_path / "elsewhere" / "model.pt").write_bytes(weights.read_bytes())
     assert not hpo.retrain.covers(record, candidates, 3, data, cpu, tmp_path / "elsewhere" / "model.pt")
+
+
+def test_export_of_a_chosen_trial_is_named_after_it_not_best(tmp_path, monkeypatch):
+    from hpo.export import main
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    study = make_study(url)
+    assert study.best_trial.number != 1
+    monkeypatch.chdir(tmp_path)
+    assert main(["--storage", url, "--trial", "1"]) == 0
+    assert sorted(p.name for p in (tmp_path / "studies").iterdir()) == ["cifar10-trial1.json"]
+
+
+def test_a_pruned_trial_is_never_ranked_even_with_a_higher_value():
+    # Its value is an earlier epoch's accuracy: it must never be exported or retrained as the best.
+    from hpo.export import ranked_trials
+
+    study = optuna.create_study(direction="maximize")
+    config = TrainConfig().to_dict()
+    for state, value in ((TrialState.COMPLETE, 0.5), (TrialState.PRUNED, 0.9), (TrialState.COMPLETE, 0.6)):
+        trial = create_trial(
+            state=state,
+            value=value,
+            params={"x": value},
+            distributions={"x": FloatDistribution(0, 1)},
+            intermediate_values={1: value},
+            user_attrs={"config": config},
+        )
+        study.add_trial(trial)
+    assert [t.number for t in ranked_trials(study)] == [2, 0]

@@ -642,3 +642,33 @@ def test_an_enqueued_config_outside_the_space_is_one_line(tiny_data_dir, tmp_pat
         "with --space, or leave this "
         "config out"
     ]
+
+
+def test_resume_with_another_val_fraction_is_refused():
+    # Another fraction is another validation set: trials scored on it would not compare with the study's.
+    from hpo.errors import HpoError
+    from hpo.search import CPU_DEFAULTS, _resolve_settings, build_parser
+
+    stored = settings(val_fraction=0.1).to_json()
+    with pytest.raises(HpoError, match="val_fraction: study has 0.1, now 0.2"):
+        _resolve_settings(build_parser().parse_args(["--val-fraction", "0.2"]), None, stored, CPU_DEFAULTS)
+
+
+def test_a_cpu_worker_takes_its_share_of_the_cores(tiny_data_dir, tmp_path, monkeypatch):
+    # K worker processes on a CPU: cores / K threads each, not K x all the cores fighting.
+    import hpo.search
+    from hpo.search import COUNT_ENV, START_ENV
+
+    seen = []
+    monkeypatch.setattr(hpo.search, "cpu_cores", lambda: 8)
+    monkeypatch.setattr(hpo.search, "run_worker", lambda *a, **k: seen.append(torch.get_num_threads()) or 0)
+    monkeypatch.setenv(START_ENV, "0.0")
+    monkeypatch.setenv(COUNT_ENV, "4")
+    monkeypatch.delenv("HPO_PARENT_PID", raising=False)
+    threads = torch.get_num_threads()
+    try:
+        argv = ["--storage", f"sqlite:///{tmp_path / 's.db'}", "--data-dir", str(tiny_data_dir), "--worker-id", "1"]
+        hpo.search.main([*argv, "--device", "cpu", "--n-trials", "2", "--epochs", "1", "--widths", "8", "16", "16"])
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [2]

@@ -331,3 +331,41 @@ def test_resume_restores_the_lookahead_average_when_an_epoch_does_not_end_on_a_p
     resumed = train(config, data, held_out, checkpoint=tmp_path / "c.pt")
     for a, b in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
         assert torch.equal(a, b)
+
+
+def test_a_flush_after_a_write_does_not_put_back_an_older_epoch(tmp_path, monkeypatch):
+    import hpo.checkpoint
+    from hpo.checkpoint import Checkpointer
+
+    clock = [0.0]
+    monkeypatch.setattr(hpo.checkpoint.time, "monotonic", lambda: clock[0])
+    path = tmp_path / "trial.pt"
+    saver = Checkpointer(path, every=10)
+    clock[0] = 1
+    saver.epoch_end({"epoch": 1})  # within the interval: kept in memory
+    assert not path.exists()
+    clock[0] = 11
+    saver.epoch_end({"epoch": 2})  # the interval has passed: written
+    saver.flush()  # as when the next epoch raises before its end
+    assert torch.load(path, weights_only=True)["epoch"] == 2 and saver.writes == 1
+
+
+def test_a_checkpoint_write_that_fails_half_way_keeps_the_previous_one(tmp_path, monkeypatch):
+    import hpo.checkpoint
+    from hpo.checkpoint import load_checkpoint, save_checkpoint
+
+    path = tmp_path / "trial.pt"
+    save_checkpoint(path, {"epoch": 1, "config": {}})
+
+    def half_then_full_disk(state, f):
+        f.write(b"PK\x03\x04 half a zip")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(hpo.checkpoint.torch, "save", half_then_full_disk)
+    with pytest.raises(OSError):
+        save_checkpoint(path, {"epoch": 2, "config": {}})
+    assert load_checkpoint(path, {}) == {"epoch": 1, "config": {}}
+    assert [p.name for p in tmp_path.iterdir()] == ["trial.pt"]  # no temporary file left either
+    monkeypatch.undo()
+    torch.save([1, 2], path)  # readable, but not a checkpoint: start from scratch instead of failing the trial
+    assert load_checkpoint(path, {}) is None
