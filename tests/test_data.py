@@ -105,6 +105,16 @@ class _Opens:
         return (open, (str(self.path), "w"))
 
 
+class _NumpySave:
+    """Unpickles as ``numpy.save(path, ...)``: a numpy function outside the allow-list, one that writes a file."""
+
+    def __init__(self, path) -> None:
+        self.path = path
+
+    def __reduce__(self):
+        return (np.save, (str(self.path), np.zeros(1)))
+
+
 @pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
 def test_batches_pickled_with_any_protocol_load(tiny_data_dir, protocol):
     folder = tiny_data_dir / "cifar-10-batches-py"
@@ -194,13 +204,3 @@ def test_labels_that_are_no_class_numbers_are_refused(tiny_data_dir, labels, mes
         pickle.dump({"data": np.zeros((4, 3072), np.uint8), "labels": labels}, f)
     with pytest.raises(DataError, match=message):
         load_cifar10(tiny_data_dir, download=False)
-
-
-class _NumpySave:
-    """Unpickles as ``numpy.save(path, ...)``: a numpy function outside the allow-list, one that writes a file."""
-
-    def __init__(self, path) -> None:
-        self.path = path
-
-    def __reduce__(self):
-        return (np.save, (str(self.path), np.zeros(1)))
