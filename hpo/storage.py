@@ -87,7 +87,8 @@ def new_storage_file(url: str) -> bool:
 
 def open_storage(url: str, heartbeat_interval: int | None = 30, writable: bool = True) -> BaseStorage:
     """An Optuna storage for ``url``; a malformed or unreachable URL, an in-memory SQLite database (lost at exit,
-    unseen by the workers) and, when ``writable``, a read-only SQLite file are an ``HpoError`` naming the problem."""
+    unseen by the workers) and, when ``writable``, a read-only study file or folder are an ``HpoError`` naming the
+    problem."""
     if url.startswith("journal:"):
         return _journal(url.removeprefix("journal:").removeprefix("//"), writable)
     try:
@@ -171,8 +172,11 @@ def _frozen_wal_file(path: Path) -> bool:
         return False
     if Path(f"{path}-wal").exists() or Path(f"{path}-journal").exists():
         return False
-    with path.open("rb") as f:
-        header = f.read(20)
+    try:
+        with path.open("rb") as f:
+            header = f.read(20)
+    except OSError:
+        return False  # unreadable: opening it says so in one line
     return header[:16] == b"SQLite format 3\x00" and header[18:20] == b"\x02\x02"  # file format 2: WAL
 
 

@@ -714,3 +714,16 @@ def test_a_password_is_hidden_even_in_a_url_that_does_not_parse(url):
     # Without a PostgreSQL server: the fallback for URLs SQLAlchemy cannot parse stopped at the first "/".
     assert "pa/ss" not in hpo.storage.redact(url) and "p@ss" not in hpo.storage.redact(url)
     assert "u:***@h" in hpo.storage.redact(url)
+
+
+def test_an_unreadable_study_file_in_a_read_only_folder_is_not_taken_for_a_frozen_one(tmp_path, monkeypatch):
+    # (root reads any file, so the unreadable file is simulated.) Opening it then says what is wrong in one line.
+    db = tmp_path / "s.db"
+    db.write_bytes(b"SQLite format 3\x00" + bytes(84))
+    monkeypatch.setattr(hpo.storage, "_writable_folder", lambda path: False)
+
+    def unreadable(self, *args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(pathlib.Path, "open", unreadable)
+    assert hpo.storage._frozen_wal_file(db) is False
