@@ -110,7 +110,10 @@ def parameter_blocks(finished: list[optuna.trial.FrozenTrial]) -> list[Block]:
     ]
     if numeric:
         described = frame[numeric].describe().T[["count", "mean", "std", "min", "max"]]
-        described["corr with val acc"] = [frame[c].corr(frame["value"], method="spearman") for c in numeric]
+        with warnings.catch_warnings():  # a constant column has no correlation: NaN in the table, no warning
+            warnings.simplefilter("ignore", RuntimeWarning)
+            warnings.filterwarnings("ignore", "An input array is constant")
+            described["corr with val acc"] = [frame[c].corr(frame["value"], method="spearman") for c in numeric]
         blocks += [
             (
                 "p",
@@ -277,6 +280,8 @@ def plot_blocks(study: optuna.Study, trials, out_dir: Path) -> list[Block]:
             _save(anytime_figure(curve), out_dir / "anytime.png")
             blocks.append(("img", "anytime.png"))
         if sum(t.state == TrialState.COMPLETE for t in trials) >= 2:
+            # Equal values give an axis of zero height: matplotlib widens it, with a warning on the user's terminal.
+            warnings.filterwarnings("ignore", "Attempting to set identical low and high ylims", UserWarning)
             ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, target_name="validation accuracy")
             _save(ax.figure, out_dir / "parallel.png")
             blocks.append(("img", "parallel.png"))
