@@ -111,8 +111,7 @@ def parameter_blocks(finished: list[optuna.trial.FrozenTrial]) -> list[Block]:
     if numeric:
         described = frame[numeric].describe().T[["count", "mean", "std", "min", "max"]]
         with warnings.catch_warnings():  # a constant column has no correlation: NaN in the table, no warning
-            warnings.simplefilter("ignore", RuntimeWarning)
-            warnings.filterwarnings("ignore", "An input array is constant")
+            warnings.simplefilter("ignore", RuntimeWarning)  # scipy's ConstantInputWarning is one
             described["corr with val acc"] = [frame[c].corr(frame["value"], method="spearman") for c in numeric]
         blocks += [
             (
