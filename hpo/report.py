@@ -187,8 +187,8 @@ def retrain_blocks(record: dict | None) -> list[Block]:
         ),
         ("table", pd.DataFrame(rows).set_index("config")),
     ]
-    if diverged_text(record):
-        blocks.append(("p", diverged_text(record)))
+    if diverged := diverged_text(record):
+        blocks.append(("p", diverged))
     comparisons = record.get("comparisons") or ([{"verdict": record["verdict"]}] if "verdict" in record else [])
     blocks += [("p", f"**Verdict:** {c['verdict']}.") for c in comparisons]
     if defaults_verdict(record):

@@ -272,8 +272,8 @@ def retrain_markdown(record: dict) -> str:
         "",
     ]
     lines += [f"- **{c['label']}**: test accuracy {c['text']}" for c in record["candidates"]]
-    if diverged_text(record):
-        lines += ["", diverged_text(record)]
+    if diverged := diverged_text(record):
+        lines += ["", diverged]
     comparisons = record.get("comparisons") or ([{"verdict": record["verdict"]}] if "verdict" in record else [])
     lines += [""] + [f"Verdict: {c['verdict']}." for c in comparisons]
     if defaults_verdict(record):

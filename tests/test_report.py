@@ -331,6 +331,16 @@ def test_retrain_in_study_mode_with_train_subset(tmp_path, tiny_data_dir):
     assert saved["config"]["train_subset"] == 50 and saved["config"]["seed"] == 0  # what train() was given
 
 
+def _best_and_runner_up():
+    """Retrain candidates told apart by their lr (0.01: the best, 0.02: the runner-up), as the fake trainers are."""
+    import hpo.retrain
+
+    return [
+        hpo.retrain.Candidate("best (trial 1)", TINY_CONFIG.replace(lr=0.01), 1),
+        hpo.retrain.Candidate("runner-up (trial 2)", TINY_CONFIG.replace(lr=0.02), 2),
+    ]
+
+
 class _Result:
     def __init__(self, acc: float, fill: float, diverged: bool = False) -> None:
         self.val_acc, self.train_seconds, self.diverged = acc, 1.0, diverged
@@ -348,10 +358,7 @@ def test_retrain_saves_the_winners_weights_not_the_first_candidates(tmp_path, ti
         return _Result(accuracy[config.lr] + 0.001 * config.seed, fill=config.lr)
 
     monkeypatch.setattr(hpo.retrain, "train", fake_train)
-    candidates = [
-        hpo.retrain.Candidate("best (trial 1)", TINY_CONFIG.replace(lr=0.01), 1),
-        hpo.retrain.Candidate("runner-up (trial 2)", TINY_CONFIG.replace(lr=0.02), 2),
-    ]
+    candidates = _best_and_runner_up()
     data = load_cifar10(tiny_data_dir, download=False)
     record = hpo.retrain.retrain(candidates, data, torch.device("cpu"), 3, tmp_path / "w")
     assert record["winner"] == "runner-up (trial 2)" and "runner-up (trial 2) is better" in record["verdict"]
@@ -391,10 +398,7 @@ def test_diverged_runs_are_named_and_a_nan_mean_never_wins(tmp_path, tiny_data_d
         return _Result(0.1 if config.seed == 0 else 0.6, fill=config.lr, diverged=config.seed == 0)
 
     monkeypatch.setattr(hpo.retrain, "train", fake_train)
-    candidates = [
-        hpo.retrain.Candidate("best (trial 1)", TINY_CONFIG.replace(lr=0.01), 1),
-        hpo.retrain.Candidate("runner-up (trial 2)", TINY_CONFIG.replace(lr=0.02), 2),
-    ]
+    candidates = _best_and_runner_up()
     data = load_cifar10(tiny_data_dir, download=False)
     record = hpo.retrain.retrain(candidates, data, torch.device("cpu"), 2, tmp_path / "w")
     assert [c["diverged_seeds"] for c in record["candidates"]] == [[0], []]
