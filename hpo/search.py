@@ -238,13 +238,13 @@ def main(argv: list[str] | None = None) -> int:
         study.sampler = _make_sampler(settings, worker, len(study.get_trials(deepcopy=False)))
         tag = f"w{worker}" if is_worker or pool.procs else ""
         code = run_worker(study, objective, n_trials, deadline, tag=tag, bar=not is_worker)
+        pool.wait()  # inside the try: the workers may still be training, and a SIGTERM now must reach them too
     except BaseException as err:
         # A Ctrl-C reached the workers too; a SIGTERM or an error of this process is passed on to them.
         pool.interrupt(forward=type(err) is not KeyboardInterrupt)
         if sampling:
             utilisation.stop()
         raise
-    pool.wait()
     torch.set_num_threads(threads)
     if not is_worker:
         gpu_utilisation = utilisation.stop() if sampling else None

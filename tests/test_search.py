@@ -227,6 +227,33 @@ def test_stopping_a_search_with_workers_records_every_running_trial_and_stops_th
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_sigterm_while_the_search_waits_for_its_workers_still_reaches_them(tiny_data_dir, tmp_path):
+    # The search (worker 0) has run out of trials and waits for worker 1 to finish its last one, as after a
+    # --timeout or without a heartbeat. A SIGTERM then must be passed on, not leave worker 1's trial RUNNING.
+    url = sqlite_url(tmp_path / "s.db")
+    driver = tmp_path / "driver.py"
+    driver.write_text("import hpo.search\nhpo.search.run_worker = lambda *a, **k: 0\nhpo.search.cli()\n")
+    args = ["--storage", url, "--data-dir", str(tiny_data_dir), "--epochs", "25", "--pruner", "none", *TINY]
+    proc = subprocess.Popen(
+        [sys.executable, str(driver), *args, "--n-trials", "2", "--workers", "2"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    wait_for_running(url, timeout=120)
+    workers = children_running("--worker-id", proc.pid)
+    assert len(workers) == 1
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    trials = optuna.load_study(study_name="cifar10", storage=url).trials
+    assert [t.state.name for t in trials] == ["FAIL", "WAITING"]  # recorded as interrupted, its retry queued
+    assert "interrupted" in trials[0].user_attrs["fail_reason"]
+    assert gone_within(workers, 10) == []
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 def test_a_killed_search_leaves_no_worker_running(tiny_data_dir, tmp_path):
     # SIGKILL cannot be passed on: the kernel kills the workers with the search (their running trials are then
     # failed by the heartbeat and retried by the next run, as the search's own).
