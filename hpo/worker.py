@@ -145,13 +145,21 @@ def _run_trial(study: optuna.Study, trial: optuna.Trial, objective: Objective, o
             raise
         except Exception as err:  # noqa: BLE001 - one trial's error must not end the study
             trial.set_user_attr("fail_reason", traceback.format_exc()[-4000:])
-            if isinstance(err, torch.cuda.OutOfMemoryError):
-                # Free what the failed trial held so the next (maybe smaller) config gets the memory.
-                gc.collect()
-                torch.cuda.empty_cache()
+            out_of_memory = isinstance(err, torch.cuda.OutOfMemoryError)
+            if out_of_memory:
                 trial.set_user_attr("stop_reason", "CUDA out of memory")
             study.tell(trial, state=TrialState.FAIL)
-            return TrialState.FAIL, f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+            error = f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
+        else:
+            error = ""
+    if error:
+        if out_of_memory:
+            # Only here, out of the except block: until then the error's traceback holds the failed trial's frames
+            # (model, optimizer, the step's activations). Freed and returned to the GPU, they serve the next trial
+            # and the other trials packed on the device.
+            gc.collect()
+            torch.cuda.empty_cache()
+        return TrialState.FAIL, error
     study.tell(trial, value)
     return TrialState.COMPLETE, ""
 

@@ -81,6 +81,28 @@ def test_cuda_oom_fails_one_trial_and_the_study_goes_on(objective, monkeypatch):
     assert sum(t.state.name == "COMPLETE" for t in trials) == 2
 
 
+def test_after_an_out_of_memory_error_the_failed_trials_tensors_are_freed_before_the_cache_is_emptied(monkeypatch):
+    import weakref
+
+    from hpo.worker import _run_trial
+
+    held = []
+
+    def objective(trial, origin):
+        model = torch.zeros(1000)  # stands for the failed trial's model, optimizer state and activations
+        held.append(weakref.ref(model))
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    alive_at_empty_cache = []
+    monkeypatch.setattr(torch.cuda, "empty_cache", lambda: alive_at_empty_cache.append(held[0]() is not None))
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    state, error = _run_trial(study, trial, objective, trial.number)
+    assert state.name == "FAIL" and error.startswith("OutOfMemoryError: CUDA out of memory")
+    # Emptied once, with nothing of the trial left to hold the memory (emptying earlier returns nothing to the GPU).
+    assert alive_at_empty_cache == [False]
+
+
 def test_any_exception_is_recorded_with_traceback_and_repeats_stop_the_study(objective, monkeypatch):
     import hpo.objective
 
