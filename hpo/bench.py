@@ -35,7 +35,7 @@ from torchvision.transforms import v2
 
 from hpo.augment import CIFAR_MEAN, CIFAR_STD, POLICIES, normalize
 from hpo.bench_packing import packing_benchmark
-from hpo.bench_search import DEFAULT_STRATEGIES, default_jobs, search_benchmark
+from hpo.bench_search import DEFAULT_STRATEGIES, search_benchmark
 from hpo.config import COMPONENTS_OFF, TrainConfig, read_yaml_or_json
 from hpo.data import Cifar10, Split, load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, output_folder, run_cli
@@ -375,7 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--curves", metavar="FILE", help="--search: the studies of an earlier run (its search-bench-curves.csv)"
     )
-    parser.add_argument("--jobs", type=int, default=default_jobs(), help="--search: studies at once (CPU)")
+    parser.add_argument(
+        "--jobs", type=int, help="--search: studies at once (default: one per core on the CPU, 1 on a GPU)"
+    )
     parser.add_argument("--out", default="reports", help="--search: folder for the curves CSV and the plot")
     parser.add_argument("--workers", type=int, default=2, help="DataLoader worker processes for the baseline")
     parser.add_argument("--packing", action="store_true", help="trials per hour with K concurrent trials per device")

@@ -439,14 +439,15 @@ def search_benchmark(args, device: torch.device) -> None:
         warm_start=args.warm_start,
         device=str(device),
     )
-    if args.jobs > 1 and device.type == "cuda":
+    jobs = args.jobs or default_jobs(device)
+    if jobs > 1 and device.type == "cuda":
         raise HpoError("--jobs > 1 is for the CPU; on a GPU run the studies one at a time (--jobs 1)")
     # A bad --data-dir fails here with one line, not in a worker process.
     train_split, val_split = bench_splits(load_cifar10(args.data_dir), bench.search_settings(BASELINE, 0))
     setup = (
         f"{bench.budget} epochs per study (trials of up to {epochs} epochs, widths "
         f"{'/'.join(map(str, bench.widths))}, batch {bench.batch_size}, {len(train_split)} training images, "
-        f"{len(val_split)} validation images), warm start {'on' if bench.warm_start else 'off'}, {args.jobs} jobs"
+        f"{len(val_split)} validation images), warm start {'on' if bench.warm_start else 'off'}, {jobs} jobs"
     )
     if args.curves:
         curves = load_curves(args.curves, bench)
@@ -454,7 +455,7 @@ def search_benchmark(args, device: torch.device) -> None:
         print(f"search benchmark on {device}: the {studies} studies of {args.curves}, read back, not rerun; {setup}")
     else:
         print(f"search benchmark on {device}: {len(strategies)} strategies x {args.seeds} study seeds, {setup}")
-        curves = run_benchmark(bench, strategies, args.seeds, args.jobs)
+        curves = run_benchmark(bench, strategies, args.seeds, jobs)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     written = [f"plot: {out / 'search-bench.png'}"]
@@ -475,14 +476,14 @@ def search_benchmark(args, device: torch.device) -> None:
             f"{len(load_cifar10(args.data_dir).test)} test images:",
             flush=True,
         )
-        best = retrain_best(bench, curves, args.retrain_best, args.jobs)
+        best = retrain_best(bench, curves, args.retrain_best, jobs)
         best.to_csv(out / "search-bench-retrained.csv", index=False)
         print_retrain_table(retrain_table(best))
     if args.oracle:
         from hpo.bench_oracle import oracle_bound, print_oracle  # it builds on this module
 
         print("\noracle bound: the best config the studies found, run again and again on fresh seeds:", flush=True)
-        screened, oracle, final, per_seed = oracle_bound(bench, curves, args.oracle, args.oracle_runs, args.jobs)
+        screened, oracle, final, per_seed = oracle_bound(bench, curves, args.oracle, args.oracle_runs, jobs)
         print_oracle(screened, oracle, final, per_seed, table, bench.epochs, bench.budget)
         screened["oracle"] = screened.index == oracle.name
         screened["oracle_runs"] = [json.dumps(final) if chosen else "" for chosen in screened.oracle]
@@ -493,6 +494,6 @@ def search_benchmark(args, device: torch.device) -> None:
     print("\n" + "; ".join(written))
 
 
-def default_jobs() -> int:
-    """One single-threaded study per core."""
-    return cpu_cores()
+def default_jobs(device: torch.device) -> int:
+    """On the CPU one single-threaded study per core; on a GPU one study at a time (each uses the whole device)."""
+    return 1 if device.type == "cuda" else cpu_cores()

@@ -497,3 +497,29 @@ def test_the_curves_are_written_before_a_retrain_that_fails(tiny_data_dir, tmp_p
         main([*args, "--strategies", "tpe:median", "--retrain-best", "1", "--out", str(out)])
     curves = pd.read_csv(out / "search-bench-curves.csv")  # the studies are kept: --curves can go on from them
     assert set(curves.strategy) == {"tpe:median", BASELINE}
+
+
+@pytest.mark.parametrize(("device", "jobs"), [("cuda", 1), ("cpu", 2)])
+def test_the_default_jobs_are_one_study_at_a_time_on_a_gpu_and_one_per_core_on_the_cpu(
+    tiny_data_dir, tmp_path, monkeypatch, capsys, device, jobs
+):
+    import torch
+
+    import hpo.bench_search
+
+    class Ran(Exception):
+        pass
+
+    def run_benchmark(bench, strategies, seeds, jobs):
+        raise Ran(jobs)
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # no GPU here: the studies themselves never run
+    monkeypatch.setattr(hpo.bench_search, "cpu_cores", lambda: 2)
+    monkeypatch.setattr(hpo.bench_search, "run_benchmark", run_benchmark)
+    args = ["--search", "--data-dir", str(tiny_data_dir), "--device", device, "--out", str(tmp_path)]
+    with pytest.raises(Ran) as ran:
+        main(args)
+    assert ran.value.args == (jobs,)
+    if device == "cuda":  # more than one at a time is refused on a GPU, with one line
+        line = refusal(main, [*args, "--jobs", "2"], capsys)
+        assert "--jobs > 1 is for the CPU; on a GPU run the studies one at a time" in line
