@@ -185,14 +185,29 @@ def study_candidates(study: optuna.Study) -> list[Candidate]:
 
 
 def defaults_verdict(record: dict) -> str | None:
-    """Did the search beat the trainer's defaults (the recipe)? In words, from the retrain's own test."""
+    """Did the search beat the trainer's defaults (the recipe)? In words, from the retrain's own test: "Yes" when
+    a config the search found retrained significantly better than the recipe, "No" when the recipe retrained
+    significantly better, "Not shown" when the test cannot tell them apart (which is no evidence that they are equal).
+    """
+    comparisons = record.get("comparisons", [])
     if record["candidates"][0]["label"].endswith(f"{IS_RECIPE})"):
-        return "No: the best trial is the recipe itself (the trainer's defaults)."
-    for c in record.get("comparisons", []):
-        if c["against"] == RECIPE_LABEL or c["against"].endswith(f"{IS_RECIPE})"):
-            beat = c["significant"] and c["difference"] > 0
-            return f"{'Yes' if beat else 'No'}: {c['verdict']}."
-    return None
+        # The validation-best is the recipe: the search found something better only if the runner-up retrained so.
+        if not comparisons:
+            return "No: the best trial is the recipe itself (the trainer's defaults)."
+        c, sign = comparisons[0], -1  # best (the recipe) vs the runner-up
+        prefix = "the best trial by validation accuracy is the recipe itself; retrained, "
+    else:
+        versus = [c for c in comparisons if c["against"] == RECIPE_LABEL or c["against"].endswith(f"{IS_RECIPE})")]
+        if not versus:
+            return None
+        c, sign, prefix = versus[0], 1, ""
+    if math.isnan(c.get("p_value", 0.0)):
+        answer = "Cannot tell"  # too few runs or no variance
+    elif c["significant"]:
+        answer = "Yes" if sign * c["difference"] > 0 else "No"
+    else:
+        answer = "Not shown"
+    return f"{answer}: {prefix}{c['verdict']}."
 
 
 def study_recipe(study: optuna.Study) -> TrainConfig | None:

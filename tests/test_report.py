@@ -569,7 +569,25 @@ def test_when_the_best_trial_is_the_recipe_it_is_not_retrained_twice(tmp_path):
     assert labels == ["best (trial 0)", "runner-up (trial 1, the recipe)"]
     versus = {"against": labels[1], "significant": False, "difference": 0.01, "verdict": "no significant difference"}
     record = {"candidates": [{"label": labels[0]}, {"label": labels[1]}], "comparisons": [versus]}
-    assert hpo.retrain.defaults_verdict(record) == "No: no significant difference."
+    assert hpo.retrain.defaults_verdict(record) == "Not shown: no significant difference."
+
+
+@pytest.mark.parametrize(
+    ("difference", "significant", "answer"),
+    [(-0.0108, True, "Yes"), (0.0108, True, "No"), (-0.0108, False, "Not shown"), (float("nan"), False, "Cannot tell")],
+)
+def test_when_the_best_trial_is_the_recipe_the_runner_up_answers_whether_the_search_beat_it(
+    difference, significant, answer
+):
+    import hpo.retrain
+
+    # README's GPU run 1: the recipe was the validation-best, the runner-up (found by the search) retrained better.
+    p_value = float("nan") if math.isnan(difference) else (0.042 if significant else 0.3)
+    versus = {"against": "runner-up (trial 5)", "difference": difference, "significant": significant}
+    versus |= {"p_value": p_value, "verdict": "VERDICT"}
+    record = {"candidates": [{"label": "best (trial 0, the recipe)"}, {"label": "runner-up (trial 5)"}]}
+    verdict = hpo.retrain.defaults_verdict({**record, "comparisons": [versus]})
+    assert verdict == f"{answer}: the best trial by validation accuracy is the recipe itself; retrained, VERDICT."
 
 
 def test_anytime_curve_is_the_best_so_far_against_the_compute_spent(tmp_path):
