@@ -350,6 +350,12 @@ def _rounded(params: dict) -> dict:
     return {k: (float(f"{v:.3g}") if isinstance(v, float) else v) for k, v in params.items()}
 
 
+def table_text(table: pd.DataFrame, fmt: str) -> str:
+    """A table as Markdown (``pipe``) or ``html``, both through tabulate, so they print every number alike; a
+    missing value (an sd from one trial, a mean over none) as n/a rather than nan."""
+    return table.astype(object).where(table.notna(), None).to_markdown(tablefmt=fmt, missingval="n/a")
+
+
 def to_markdown(blocks: list[Block]) -> str:
     out = []
     for kind, payload in blocks:
@@ -360,7 +366,7 @@ def to_markdown(blocks: list[Block]) -> str:
         elif kind == "p":
             out.append(payload)
         elif kind == "table":
-            out.append(payload.to_markdown())
+            out.append(table_text(payload, "pipe"))
         elif kind == "img":
             out.append(f"![{Path(payload).stem}]({payload})")
     return "\n\n".join(out) + "\n"
@@ -378,7 +384,7 @@ def to_html(blocks: list[Block], title: str) -> str:
                 text = "".join(p if i % 2 == 0 else f"<{tag}>{p}</{tag}>" for i, p in enumerate(parts))
             body.append(f"<p>{text}</p>")
         elif kind == "table":
-            body.append(payload.to_html(border=0, classes="table"))
+            body.append(table_text(payload, "html"))
         elif kind == "img":
             body.append(f'<p><img src="{html.escape(payload)}" alt="{html.escape(Path(payload).stem)}"></p>')
     head = f"<meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style>"

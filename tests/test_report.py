@@ -198,6 +198,11 @@ def test_report_files_and_sections(tmp_path):
     assert "lr_decoupled" in markdown.split("Parameter importances")[1].split("##")[0]
     html = (out / "summary.html").read_text()
     assert "<table" in html and 'src="curves.png"' in html
+    # The HTML shows every cell as the Markdown does (pandas' own to_html printed bn_eps 1e-12 as 0.0)
+    cells = [c.strip() for line in markdown.splitlines() if line.startswith("| ") for c in line.split("|")[1:-1]]
+    assert "1e-12" in cells and "nan" not in cells
+    html_cells = [c.strip() for c in re.findall(r"<t[dh][^>]*>([^<]*)</t[dh]>", html)]
+    assert [c for c in cells if not (c and set(c) <= set(":-"))] == html_cells
     for name in ("history.png", "curves.png", "importances.png", "parallel.png"):
         with Image.open(out / name) as img:
             assert img.format == "PNG" and img.size[0] > 200
@@ -763,3 +768,13 @@ def test_a_pruned_trial_is_never_ranked_even_with_a_higher_value():
         )
         study.add_trial(trial)
     assert [t.number for t in ranked_trials(study)] == [2, 0]
+
+
+def test_a_missing_value_reads_n_a_in_both_tables_and_numbers_print_alike():
+    from hpo.report import table_text
+
+    table = pd.DataFrame({"count": [1, 3], "std": [float("nan"), 0.0123], "eps": [1e-12, 5e-4]}, index=["a", "b"])
+    markdown, html = table_text(table, "pipe"), table_text(table, "html")
+    assert "nan" not in markdown.lower() + html.lower()
+    assert markdown.count("n/a") == html.count("n/a") == 1
+    assert all(number in markdown and number in html for number in ("1e-12", "0.0005", "0.0123"))
