@@ -195,7 +195,16 @@ def retrain_blocks(record: dict | None) -> list[Block]:
         blocks.append(("p", f"**Did the search beat the defaults?** {defaults_verdict(record)}"))
     if record.get("weights"):
         winner = record.get("winner", "the highest mean")
-        blocks.append(("p", f"Weights of the winner, {winner} (seed 0): `{record['weights']}`."))
+        text = (
+            f"Weights of the winner, {winner} (seed 0): `{record['weights']}`, its config in `config.json` beside them."
+        )
+        if "winner" in record and winner != record["candidates"][0]["label"]:
+            text += (
+                f" The winner is the candidate with the highest mean test accuracy, here not the search's best trial "
+                f"({record['candidates'][0]['label']}), whose config is `best-config.json`; see the verdicts for "
+                "whether the difference is significant."
+            )
+        blocks.append(("p", text))
     return blocks
 
 

@@ -230,7 +230,7 @@ def retrain_study(
 ) -> dict:
     """Retrain a study's best and runner-up, store the result in the study, save weights under ``folder``.
     With ``reuse``, a stored retrain of the same candidates, seeds, data and device type is returned instead."""
-    weights = folder / f"{study.study_name}-best"
+    weights = winner_folder(folder, study.study_name)
     candidates = study_candidates(study)
     stored = study.user_attrs.get(RETRAIN_ATTR)
     if reuse and covers(stored, candidates, n_seeds, data, device, weights / "model.pt"):
@@ -244,6 +244,12 @@ def retrain_study(
     record = retrain(candidates, data, device, n_seeds, weights, jobs=jobs)
     store_result(study, record, folder)
     return record
+
+
+def winner_folder(folder: Path, study_name: str) -> Path:
+    """Where a study's retrain saves its winner's weights and config: the winner is the candidate with the highest
+    mean test accuracy, which need not be the search's best trial (``best-config.json``)."""
+    return folder / f"{study_name}-winner"
 
 
 def covers(
@@ -356,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         weights = (files_dir(url) if study else Path("studies")) / f"{args.config.stem}-retrain"
     else:
         candidates = study_candidates(study)
-        weights = files_dir(url) / f"{study.study_name}-best"
+        weights = winner_folder(files_dir(url), study.study_name)
     if args.epochs is not None:
         candidates = [Candidate(c.label, c.config.replace(epochs=args.epochs), c.trial_number) for c in candidates]
     data = load_cifar10(args.data_dir)

@@ -184,7 +184,7 @@ def test_report_files_and_sections(tmp_path):
                 {"label": "runner-up (trial 4)", "test_acc": [0.4, 0.45], "summary": summarize([0.4, 0.45]).to_dict()},
             ],
             "verdict": "no significant difference between best (trial 6) and runner-up (trial 4)",
-            "weights": "studies/cifar10-best/model.pt",
+            "weights": "studies/cifar10-winner/model.pt",
         },
     )
     out = tmp_path / "report"
@@ -207,6 +207,22 @@ def test_report_files_and_sections(tmp_path):
         with Image.open(out / name) as img:
             assert img.format == "PNG" and img.size[0] > 200
         assert f"]({name})" in markdown
+
+
+@pytest.mark.parametrize("winner", ["best (trial 6)", "runner-up (trial 4)"])
+def test_the_report_says_when_the_saved_weights_are_not_the_best_trials(tmp_path, winner):
+    study = make_study(f"sqlite:///{tmp_path / 's.db'}")
+    candidates = [
+        {"label": "best (trial 6)", "test_acc": [0.5, 0.52], "summary": summarize([0.5, 0.52]).to_dict()},
+        {"label": "runner-up (trial 4)", "test_acc": [0.6, 0.55], "summary": summarize([0.6, 0.55]).to_dict()},
+    ]
+    record = {"date": "2026-01-01", "device": "cpu", "seeds": [0, 1], "train_images": 100, "test_images": 20}
+    record |= {"candidates": candidates, "winner": winner, "weights": "studies/cifar10-winner/model.pt"}
+    study.set_user_attr("retrain", record)
+    markdown = write_report(study, tmp_path / "r")
+    assert f"Weights of the winner, {winner} (seed 0): `studies/cifar10-winner/model.pt`" in markdown
+    explained = "here not the search's best trial (best (trial 6)), whose config is `best-config.json`" in markdown
+    assert explained == (winner != "best (trial 6)")
 
 
 def test_accounting_counts_pruning_savings(tmp_path):
@@ -331,8 +347,8 @@ def test_retrain_in_study_mode_with_train_subset(tmp_path, tiny_data_dir):
     assert all(c["config"]["epochs"] == 1 for c in record["candidates"])  # the trials' configs, --epochs 1 over them
     stored = optuna.load_study(study_name="cifar10", storage=url).user_attrs["retrain"]
     assert stored["candidates"] == record["candidates"] and stored["winner"] == record["winner"]
-    saved = json.loads((tmp_path / "cifar10-best" / "config.json").read_text())  # beside the study file
-    assert saved["provenance"]["label"] == record["winner"] and (tmp_path / "cifar10-best" / "model.pt").is_file()
+    saved = json.loads((tmp_path / "cifar10-winner" / "config.json").read_text())  # beside the study file
+    assert saved["provenance"]["label"] == record["winner"] and (tmp_path / "cifar10-winner" / "model.pt").is_file()
     assert saved["config"]["train_subset"] == 50 and saved["config"]["seed"] == 0  # what train() was given
 
 
@@ -726,11 +742,11 @@ def test_a_search_rerun_reuses_the_stored_retrain_only_when_it_covers_the_same_r
     assert runs() == 0 and study.user_attrs["retrain"] == stored  # the same runs: reused
     assert runs(reuse=False) == 6  # python -m hpo.retrain always trains
     assert runs(data=relabelled) == 6 and runs() == 6  # other data, then back
-    (tmp_path / "cifar10-best" / "model.pt").unlink()
+    (tmp_path / "cifar10-winner" / "model.pt").unlink()
     assert runs() == 6  # the weights are gone
     assert runs(n_seeds=3) == 9
     record, candidates = study.user_attrs["retrain"], hpo.retrain.study_candidates(study)
-    weights = tmp_path / "cifar10-best" / "model.pt"
+    weights = tmp_path / "cifar10-winner" / "model.pt"
     assert hpo.retrain.covers(record, candidates, 3, data, cpu, weights)
     assert not hpo.retrain.covers(record, candidates, 3, data, torch.device("cuda"), weights)
     assert not hpo.retrain.covers(record, candidates[:2], 3, data, cpu, weights)

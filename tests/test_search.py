@@ -360,7 +360,7 @@ def test_cli_on_the_real_subset_with_default_storage_and_optuna_cli(subset_dir, 
     assert labels[0].startswith("best (trial") and all(len(c["test_acc"]) == 2 for c in record["candidates"])
     assert len(labels) >= 2 or labels[0].endswith(", the recipe)")
     assert record["test_images"] == 932 and record["train_images"] == 4660
-    assert (tmp_path / "studies" / "cifar10-best" / "model.pt").is_file()
+    assert (tmp_path / "studies" / "cifar10-winner" / "model.pt").is_file()
     assert "**Did the search beat the defaults?**" in (tmp_path / "reports" / "cifar10" / "summary.md").read_text()
     report = tmp_path / "reports" / "cifar10"
     assert {"summary.md", "summary.html", "trials.csv", "best-config.json", "curves.png"} <= {
