@@ -2,7 +2,7 @@
 
 - ``process_start_time``: the ``time.time()`` at which this process was started (imports included), so start-up
   is measured from the command, not from when Python got to our code.
-- ``GpuUtilisation``: samples ``nvidia-smi``'s utilisation of the visible GPUs every ``SAMPLE_S`` seconds in the
+- ``GpuUtilisation``: samples ``nvidia-smi``'s utilisation of the GPUs in use every ``SAMPLE_S`` seconds in the
   background (one long-running ``nvidia-smi -lms`` process, read by a thread) and gives their mean.
 """
 
@@ -34,8 +34,10 @@ def process_start_time() -> float:
 class GpuUtilisation:
     """Mean GPU utilisation (percent, over all samples of all sampled GPUs) between ``start`` and ``stop``."""
 
-    def __init__(self, command: list[str] | None = None) -> None:
-        self.command = command or [*NVIDIA_SMI, f"--loop-ms={int(SAMPLE_S * 1000)}", *_visible_gpus()]
+    def __init__(self, command: list[str] | None = None, gpus: list[str] | None = None) -> None:
+        """Sample ``gpus`` (CUDA_VISIBLE_DEVICES entries, or indices when it is unset; None: every GPU), or run
+        ``command`` instead of nvidia-smi."""
+        self.command = command or [*NVIDIA_SMI, f"--loop-ms={int(SAMPLE_S * 1000)}", *_id_option(gpus or [])]
         self.samples: list[float] = []
         self._proc: subprocess.Popen | None = None
         self._thread: threading.Thread | None = None
@@ -70,7 +72,6 @@ class GpuUtilisation:
         return sum(self.samples) / len(self.samples) if self.samples else None
 
 
-def _visible_gpus() -> list[str]:
-    """``--id=…`` for the GPUs CUDA_VISIBLE_DEVICES names (nvidia-smi itself ignores that variable)."""
-    ids = os.environ.get("CUDA_VISIBLE_DEVICES", "").strip()
-    return [f"--id={ids}"] if ids and all(part.strip().isdigit() for part in ids.split(",")) else []
+def _id_option(gpus: list[str]) -> list[str]:
+    """``--id=…`` for ``gpus`` (nvidia-smi itself ignores CUDA_VISIBLE_DEVICES); none, so every GPU, without."""
+    return [f"--id={','.join(gpus)}"] if gpus and all(gpu.isdigit() for gpu in gpus) else []

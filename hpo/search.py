@@ -202,14 +202,13 @@ def main(argv: list[str] | None = None) -> int:
         deadline = float(os.environ[DEADLINE_ENV]) if DEADLINE_ENV in os.environ else None
     else:
         deadline = time.time() + args.timeout if args.timeout else None
-    utilisation = GpuUtilisation() if device.type == "cuda" and not is_worker else None
-    sampling = utilisation is not None and utilisation.start()
 
     env = {STORAGE_ENV: storage_url, START_ENV: repr(command_start)}
     if deadline is not None:
         env[DEADLINE_ENV] = repr(deadline)
     pool = WorkerPool(argv, env, device)
     threads = torch.get_num_threads()
+    utilisation, sampling = None, False
     try:
         # This process is worker 0 and starts the others. On a GPU, measuring K (one step at the search's shapes)
         # has already loaded and autotuned the kernels of its own first trial.
@@ -218,6 +217,9 @@ def main(argv: list[str] | None = None) -> int:
         if workers > max(1, left):  # a process per trial at most: the others would start, then find nothing to do
             workers = max(1, left)
             print(f"{left} trial(s) left to run: {workers} worker process(es)", flush=True)
+        if device.type == "cuda" and not is_worker:  # only now is it known which GPUs the run uses
+            utilisation = GpuUtilisation(gpus=pool.gpus_used(workers))
+            sampling = utilisation.start()
         pool.start(workers - 1)
         if pool.procs and device.type == "cpu":
             torch.set_num_threads(max(1, cpu_cores() // workers))  # as each worker: K processes of cores / K threads
@@ -249,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     if not is_worker:
         gpu_utilisation = utilisation.stop() if sampling else None
         seconds = time.perf_counter() - started
-        record_run(study, started_at, seconds, _device_count(device), workers, gpu_utilisation, args.timeout)
+        devices = max(1, len(pool.gpus_used(workers)))  # on a CPU: the one
+        record_run(study, started_at, seconds, devices, workers, gpu_utilisation, args.timeout)
         print_summary(study, settings, seconds)
         if not args.no_retrain:
             finish_pipeline(study, storage_url, data, device, args.retrain_seeds)
@@ -514,6 +517,10 @@ class WorkerPool:
             if len(self.gpus) > 1:
                 worker_env["CUDA_VISIBLE_DEVICES"] = self.gpus[i % len(self.gpus)]  # this process has gpus[0]
             self.procs.append(subprocess.Popen([*self.command, "--worker-id", str(i)], env=worker_env))
+
+    def gpus_used(self, workers: int) -> list[str]:
+        """The GPUs that ``workers`` processes, this one included, run on (none on a CPU)."""
+        return self.gpus[:workers]
 
     def interrupt(self, forward: bool) -> None:
         """This process stops early: wait for the workers to record their running trials and exit, after sending

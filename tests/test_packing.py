@@ -116,3 +116,77 @@ def test_the_pool_starts_workers_1_to_k_minus_1_beside_this_process(monkeypatch)
     assert [env["CUDA_VISIBLE_DEVICES"] for _, env in started] == ["3", "2", "3"]
     assert {env[COUNT_ENV] for _, env in started} == {"4"} and all(env["X"] == "1" for _, env in started)
     assert all("--storage" not in command and "--n-trials" in command for command, _ in started)
+
+
+class FinishedWorker:
+    """A started worker process that has already exited with code 0."""
+
+    def poll(self) -> int:
+        return 0
+
+    def wait(self) -> int:
+        return 0
+
+
+class FakeGpus:
+    """``hpo.search.main`` on a machine with ``count`` (mocked) GPUs: no worker process, trial or sampler runs, and
+    what the search would have started is recorded."""
+
+    def __init__(self, monkeypatch, count: int) -> None:
+        import torch
+
+        import hpo.search
+        from hpo.data import Split
+
+        self.samplers: list[list[str]] = []
+        self.measured: list = []
+        self.started: list[dict] = []
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+        monkeypatch.setattr(torch.cuda, "mem_get_info", lambda i: (78 * GIB, 80 * GIB))
+        monkeypatch.setattr(Split, "to", lambda self, device: self)
+        monkeypatch.setattr(hpo.search, "measure_trial_peak", lambda config, device: self.measured.append(1) or GIB)
+        monkeypatch.setattr(hpo.search, "GpuUtilisation", self._sampler)
+        monkeypatch.setattr(hpo.search, "Objective", lambda **kwargs: None)
+        monkeypatch.setattr(hpo.search, "run_worker", lambda *args, **kwargs: 0)
+        monkeypatch.setattr(subprocess, "Popen", self._popen)
+
+    def _sampler(self, command: list[str] | None = None, gpus: list[str] | None = None) -> GpuUtilisation:
+        self.samplers.append(gpus)
+        return GpuUtilisation(["no-such-nvidia-smi"])
+
+    def _popen(self, command: list[str], env: dict) -> FinishedWorker:
+        self.started.append(env)
+        return FinishedWorker()
+
+    def search(self, folder, data_dir, *flags: str) -> dict:
+        """Run the search (a new study in ``folder``: the mocked workers finish no trial) with ``flags`` and return
+        its ``last_run`` accounting."""
+        import optuna
+
+        import hpo.search
+
+        folder.mkdir()
+        url = f"sqlite:///{folder / 's.db'}"
+        argv = ["--storage", url, "--data-dir", str(data_dir), "--device", "cuda", "--no-retrain", "--epochs", "1"]
+        assert hpo.search.main([*argv, *flags]) == 0
+        return optuna.load_study(study_name="cifar10", storage=url).user_attrs["last_run"]
+
+
+def test_a_run_on_fewer_gpus_than_the_machine_has_counts_and_samples_only_those(tmp_path, tiny_data_dir, monkeypatch):
+    gpus = FakeGpus(monkeypatch, 8)
+    run = gpus.search(tmp_path / "a", tiny_data_dir, "--n-trials", "9", "--workers", "2")
+    assert (run["workers"], run["devices"]) == (2, 2)  # device-seconds per trial: search seconds x 2, not x 8
+    assert gpus.samplers == [["0", "1"]] and [env["CUDA_VISIBLE_DEVICES"] for env in gpus.started] == ["1"]
+    # --trials-per-gpu 1 asks for 8 workers; 3 trials to run take 3 of them, on 3 GPUs
+    run = gpus.search(tmp_path / "b", tiny_data_dir, "--n-trials", "3", "--trials-per-gpu", "1")
+    assert (run["workers"], run["devices"]) == (3, 3) and gpus.samplers[-1] == ["0", "1", "2"]
+    # more workers than GPUs: every GPU is used
+    run = gpus.search(tmp_path / "c", tiny_data_dir, "--n-trials", "30", "--trials-per-gpu", "2")
+    assert (run["workers"], run["devices"]) == (16, 8) and gpus.samplers[-1] == [str(i) for i in range(8)]
+
+
+def test_the_sampler_asks_nvidia_smi_for_the_gpus_in_use_only():
+    assert GpuUtilisation(gpus=["0", "3"]).command[-1] == "--id=0,3"
+    assert not any(arg.startswith("--id") for arg in GpuUtilisation().command)  # unknown: every GPU
