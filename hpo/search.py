@@ -210,13 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     threads = torch.get_num_threads()
     utilisation, sampling = None, False
     try:
-        # This process is worker 0 and starts the others. On a GPU, measuring K (one step at the search's shapes)
-        # has already loaded and autotuned the kernels of its own first trial.
-        workers = 1 if is_worker else _worker_count(args, device, settings, data_bytes(train_split, val_split))
+        # This process is worker 0 and starts the others. On a GPU, measuring K (one step at the search's shapes,
+        # when over one trial is left) has already loaded and autotuned the kernels of its own first trial.
         left = n_trials - len(study.get_trials(deepcopy=False, states=FINISHED))
-        if workers > max(1, left):  # a process per trial at most: the others would start, then find nothing to do
-            workers = max(1, left)
-            print(f"{left} trial(s) left to run: {workers} worker process(es)", flush=True)
+        workers = 1 if is_worker else _workers_for(args, device, settings, data_bytes(train_split, val_split), left)
         if device.type == "cuda" and not is_worker:  # only now is it known which GPUs the run uses
             utilisation = GpuUtilisation(gpus=pool.gpus_used(workers))
             sampling = utilisation.start()
@@ -449,6 +446,29 @@ def _without_storage(argv: list[str]) -> list[str]:
 
 def _device_count(device: torch.device) -> int:
     return torch.cuda.device_count() if device.type == "cuda" else 1
+
+
+def _workers_for(args: argparse.Namespace, device: torch.device, settings: Settings, data_size: int, left: int) -> int:
+    """Worker processes for ``left`` trials to run: ``_worker_count``'s, at most one per trial. With one trial or
+    none left, one, and nothing is measured (on a GPU that would take a CUDA context and an autotuned step)."""
+    if left <= 1:
+        if _may_pack(args, device):
+            print(f"{max(0, left)} trial(s) left to run: 1 worker process(es)", flush=True)
+        return 1
+    workers = _worker_count(args, device, settings, data_size)
+    if workers > left:  # a process per trial at most: the others would start, then find nothing to do
+        print(f"{left} trial(s) left to run: {left} worker process(es)", flush=True)
+        return left
+    return workers
+
+
+def _may_pack(args: argparse.Namespace, device: torch.device) -> bool:
+    """Whether ``_worker_count`` may give more than one worker process (told without measuring anything)."""
+    if args.workers is not None:
+        return args.workers > 1
+    if args.trials_per_gpu is not None:
+        return args.trials_per_gpu * _device_count(device) > 1
+    return device.type == "cuda"
 
 
 def _worker_count(args: argparse.Namespace, device: torch.device, settings: Settings, data_size: int) -> int:

@@ -190,3 +190,15 @@ def test_a_run_on_fewer_gpus_than_the_machine_has_counts_and_samples_only_those(
 def test_the_sampler_asks_nvidia_smi_for_the_gpus_in_use_only():
     assert GpuUtilisation(gpus=["0", "3"]).command[-1] == "--id=0,3"
     assert not any(arg.startswith("--id") for arg in GpuUtilisation().command)  # unknown: every GPU
+
+
+def test_one_trial_left_on_gpus_measures_nothing_and_runs_one_worker(tmp_path, tiny_data_dir, monkeypatch, capsys):
+    gpus = FakeGpus(monkeypatch, 8)
+    run = gpus.search(tmp_path / "a", tiny_data_dir, "--n-trials", "1")
+    out = capsys.readouterr().out
+    assert gpus.measured == [] and "packing:" not in out  # no CUDA context and autotuned step for one trial
+    assert "1 trial(s) left to run: 1 worker process(es)" in out and (run["workers"], run["devices"]) == (1, 1)
+    run = gpus.search(tmp_path / "b", tiny_data_dir, "--n-trials", "2")  # two: measured and packed as before
+    out = capsys.readouterr().out
+    assert len(gpus.measured) == 1 and "packing: 4 concurrent trials per GPU x 8 GPU(s) = 32 worker" in out
+    assert "2 trial(s) left to run: 2 worker process(es)" in out and (run["workers"], run["devices"]) == (2, 2)
