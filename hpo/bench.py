@@ -103,7 +103,7 @@ def time_augmentations(
 
     Each policy is run once untimed (first-call costs), then timed over ``n_images`` images ``repeats`` times, the
     policies taking turns so that a slow spell of the machine hits them alike; each keeps its fastest pass."""
-    x = tile(data, n_images).images.to(device)
+    x = tile(data, n_images).images[:n_images].to(device)  # a larger split is not tiled, so cut here
     gen = torch.Generator(device=device).manual_seed(0)
     for policy in POLICIES.values():
         normalize(policy(x[:per_call], gen))

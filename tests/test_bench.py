@@ -54,6 +54,18 @@ def test_augment_only_prints_each_policy_against_flip_translate(tiny_data_dir, c
     )
 
 
+def test_the_augmentation_table_times_exactly_the_images_it_names(tiny_data_dir, monkeypatch):
+    import hpo.bench
+
+    timed = []
+    monkeypatch.setattr(hpo.bench, "POLICIES", {"flip_translate": lambda x, gen: timed.append(len(x)) or x})
+    train = load_cifar10(tiny_data_dir, download=False).train  # 100 images
+    for n_images in (40, 250):  # fewer than the split has, then tiled up
+        timed.clear()
+        hpo.bench.time_augmentations(train, torch.device("cpu"), per_call=16, n_images=n_images, repeats=1)
+        assert sum(timed[1:]) == n_images  # after the untimed first call
+
+
 def test_ablation_rows_turn_off_one_component_each_then_all(tiny_data_dir):
     data = load_cifar10(tiny_data_dir, download=False)
     base = TrainConfig.recipe(batch_size=16, epochs=1, widths=(8, 16, 16))
