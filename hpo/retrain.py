@@ -75,7 +75,7 @@ def retrain(
             if run_diverged:
                 diverged.append(seed)
             note = " [diverged: loss became NaN/inf; scored on the model it left]" if run_diverged else ""
-            print(f"retrain {cand.label}: seed {seed} test acc {acc:.4f} ({seconds:.0f}s){note}", flush=True)
+            print(f"retrain {cand.label}: seed {seed} test acc {acc:.4f} ({seconds:.1f}s){note}", flush=True)
             if seed == 0:
                 first_models.append((state, config))
         summary = summarize(accuracies)
