@@ -64,7 +64,7 @@ class GpuUtilisation:
                 continue  # "[N/A]" or a header: not a sample
 
     def stop(self) -> float | None:
-        """Stop sampling; the mean utilisation, or None without samples."""
+        """Stop sampling; the mean utilisation, or None without samples (MIG devices report none: "[N/A]")."""
         if self._proc is not None:
             self._proc.terminate()
             self._proc.wait()
@@ -73,5 +73,7 @@ class GpuUtilisation:
 
 
 def _id_option(gpus: list[str]) -> list[str]:
-    """``--id=…`` for ``gpus`` (nvidia-smi itself ignores CUDA_VISIBLE_DEVICES); none, so every GPU, without."""
-    return [f"--id={','.join(gpus)}"] if gpus and all(gpu.isdigit() for gpu in gpus) else []
+    """``--id=…`` for ``gpus``, indices or UUIDs (nvidia-smi itself ignores CUDA_VISIBLE_DEVICES); none, so every
+    GPU, without them or for any other form."""
+    known = all(gpu.isdigit() or gpu.startswith(("GPU-", "MIG-")) for gpu in gpus)
+    return [f"--id={','.join(gpus)}"] if gpus and known else []

@@ -262,13 +262,22 @@ def device_rows(trials, run: dict) -> dict[str, Any]:
     if run.get("startup_seconds") is not None:
         rows["start-up, last run: command to the first trial's first step (s)"] = run["startup_seconds"]
     on_cpu = all(str(t.user_attrs.get("device", "cpu")).startswith("cpu") for t in trials)
-    utilisation = run.get("gpu_utilisation")
-    rows["mean GPU utilisation, last run"] = (
-        f"{utilisation:.0f} %"
-        if utilisation is not None
-        else ("not measured: CPU run" if on_cpu else "not measured (no nvidia-smi)")
-    )
+    rows["mean GPU utilisation, last run"] = _utilisation_text(run, on_cpu)
     return rows
+
+
+def _utilisation_text(run: dict[str, Any], on_cpu: bool) -> str:
+    """The last run's mean GPU utilisation, or why there is none."""
+    utilisation = run.get("gpu_utilisation")
+    if utilisation is not None:
+        return f"{utilisation:.0f} %"
+    if on_cpu:
+        return "not measured: CPU run"
+    if "gpu_samples" not in run:  # recorded before the sample count was
+        return "not measured (no nvidia-smi, or no utilisation samples from it)"
+    if run["gpu_samples"] is None:
+        return "not measured (no nvidia-smi)"
+    return "not measured: nvidia-smi gave no utilisation samples (it reports none for MIG devices)"
 
 
 def plot_blocks(study: optuna.Study, trials, out_dir: Path) -> list[Block]:

@@ -247,9 +247,10 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(threads)
     if not is_worker:
         gpu_utilisation = utilisation.stop() if sampling else None
+        gpu_samples = len(utilisation.samples) if sampling else None
         seconds = time.perf_counter() - started
         devices = max(1, len(pool.gpus_used(workers)))  # on a CPU: the one
-        record_run(study, started_at, seconds, devices, workers, gpu_utilisation, args.timeout)
+        record_run(study, started_at, seconds, devices, workers, gpu_utilisation, gpu_samples, args.timeout)
         print_summary(study, settings, seconds)
         if not args.no_retrain:
             finish_pipeline(study, storage_url, data, device, args.retrain_seeds)
@@ -573,10 +574,12 @@ def record_run(
     devices: int,
     workers: int,
     gpu_utilisation: float | None,
+    gpu_samples: int | None,
     timeout: float | None,
 ) -> dict[str, Any]:
     """Store this run's accounting (over the trials that started since ``started_at``) as the study's ``last_run``
-    attribute, which the report shows, and return it."""
+    attribute, which the report shows, and return it. ``gpu_samples``: how many utilisation samples nvidia-smi
+    gave (None when it did not run)."""
     trials = [t for t in study.get_trials(deepcopy=False) if t.datetime_start and t.datetime_start >= started_at]
     startups = [t.user_attrs["startup_seconds"] for t in trials if "startup_seconds" in t.user_attrs]
     run = {
@@ -588,6 +591,7 @@ def record_run(
         "device_seconds": round(sum(t.user_attrs.get("device_seconds", 0.0) for t in trials), 3),
         "startup_seconds": min(startups) if startups else None,
         "gpu_utilisation": None if gpu_utilisation is None else round(gpu_utilisation, 1),
+        "gpu_samples": gpu_samples,
         "timeout": timeout,
     }
     study.set_user_attr(RUN_ATTR, run)

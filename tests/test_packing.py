@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
@@ -132,12 +133,13 @@ class FakeGpus:
     """``hpo.search.main`` on a machine with ``count`` (mocked) GPUs: no worker process, trial or sampler runs, and
     what the search would have started is recorded."""
 
-    def __init__(self, monkeypatch, count: int) -> None:
+    def __init__(self, monkeypatch, count: int, nvidia_smi: list[str] | None = None) -> None:
         import torch
 
         import hpo.search
         from hpo.data import Split
 
+        self.nvidia_smi = nvidia_smi or ["no-such-nvidia-smi"]
         self.samplers: list[list[str]] = []
         self.measured: list = []
         self.started: list[dict] = []
@@ -150,11 +152,12 @@ class FakeGpus:
         monkeypatch.setattr(hpo.search, "GpuUtilisation", self._sampler)
         monkeypatch.setattr(hpo.search, "Objective", lambda **kwargs: None)
         monkeypatch.setattr(hpo.search, "run_worker", lambda *args, **kwargs: 0)
-        monkeypatch.setattr(subprocess, "Popen", self._popen)
+        # the worker processes only: a sampler's (fake) nvidia-smi runs for real
+        monkeypatch.setattr(hpo.search, "subprocess", SimpleNamespace(Popen=self._popen))
 
     def _sampler(self, command: list[str] | None = None, gpus: list[str] | None = None) -> GpuUtilisation:
         self.samplers.append(gpus)
-        return GpuUtilisation(["no-such-nvidia-smi"])
+        return GpuUtilisation(self.nvidia_smi)
 
     def _popen(self, command: list[str], env: dict) -> FinishedWorker:
         self.started.append(env)
@@ -190,6 +193,20 @@ def test_a_run_on_fewer_gpus_than_the_machine_has_counts_and_samples_only_those(
 def test_the_sampler_asks_nvidia_smi_for_the_gpus_in_use_only():
     assert GpuUtilisation(gpus=["0", "3"]).command[-1] == "--id=0,3"
     assert not any(arg.startswith("--id") for arg in GpuUtilisation().command)  # unknown: every GPU
+
+
+def test_gpus_named_by_uuid_are_sampled_by_uuid():
+    # CUDA_VISIBLE_DEVICES may name GPUs (or MIG devices) by UUID; nvidia-smi --id takes those as well.
+    assert GpuUtilisation(gpus=["GPU-8932f937-d72c", "GPU-0d1a"]).command[-1] == "--id=GPU-8932f937-d72c,GPU-0d1a"
+    assert GpuUtilisation(gpus=["MIG-4a2b"]).command[-1] == "--id=MIG-4a2b"
+
+
+def test_a_sampler_without_numeric_samples_is_recorded_as_such(tmp_path, tiny_data_dir, monkeypatch):
+    gpus = FakeGpus(monkeypatch, 1, nvidia_smi=[sys.executable, "-c", "print('[N/A]')"])  # as for a MIG device
+    run = gpus.search(tmp_path / "a", tiny_data_dir, "--n-trials", "1")
+    assert (run["gpu_utilisation"], run["gpu_samples"]) == (None, 0)
+    run = FakeGpus(monkeypatch, 1).search(tmp_path / "b", tiny_data_dir, "--n-trials", "1")  # no nvidia-smi
+    assert (run["gpu_utilisation"], run["gpu_samples"]) == (None, None)
 
 
 def test_one_trial_left_on_gpus_measures_nothing_and_runs_one_worker(tmp_path, tiny_data_dir, monkeypatch, capsys):

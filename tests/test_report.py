@@ -691,6 +691,25 @@ def test_accounting_shows_device_seconds_start_up_and_gpu_utilisation():
     assert gpu["mean GPU utilisation, last run"] == "87 %"
 
 
+@pytest.mark.parametrize(
+    ("samples", "said"),
+    [
+        (None, "not measured (no nvidia-smi)"),
+        (0, "not measured: nvidia-smi gave no utilisation samples (it reports none for MIG devices)"),
+        ("unrecorded", "not measured (no nvidia-smi, or no utilisation samples from it)"),  # an older last_run
+    ],
+    ids=["no-nvidia-smi", "no-samples", "unrecorded"],
+)
+def test_gpu_utilisation_not_measured_says_why(samples, said):
+    from hpo.report import accounting_table
+
+    trials = [create_trial(state=TrialState.COMPLETE, value=0.5, user_attrs={"device": "cuda"})]
+    run = {"search_seconds": 10.0, "devices": 1, "finished": 1, "gpu_utilisation": None, "gpu_samples": samples}
+    if samples == "unrecorded":
+        del run["gpu_samples"]
+    assert accounting_table(trials, trials, {}, run)["value"]["mean GPU utilisation, last run"] == said
+
+
 def test_retrain_trains_in_parallel_only_on_a_cpu_and_only_runs_worth_a_process(tiny_data_dir):
     import os
 
