@@ -95,13 +95,18 @@ def cpu_cores() -> int:
 
 
 def resolve_device(name: str) -> torch.device:
-    """'auto' picks CUDA when present; asking for CUDA without a GPU is a user error."""
+    """'auto' picks CUDA when present; asking for CUDA without a GPU, or for a GPU that is not visible, is a user
+    error."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise HpoError(f"unknown device {name!r}: use auto, cpu or cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HpoError(f"--device {name} was requested but no CUDA GPU is available: use --device cpu or auto")
+    index, count = name.partition(":")[2], torch.cuda.device_count()
+    if name.startswith("cuda:") and not (index.isdigit() and int(index) < count):
+        valid = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+        raise HpoError(f"--device {name}: no such GPU; {count} visible, so use {valid} (or cuda)")
     return torch.device(name)
 
 

@@ -165,6 +165,24 @@ def test_cuda_without_gpu_is_a_user_error():
     assert resolve_device("auto").type == "cpu"
 
 
+def test_a_gpu_index_that_is_not_visible_is_a_user_error(monkeypatch):
+    from hpo.errors import HpoError
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(HpoError, match=r"^--device cuda:5: no such GPU; 1 visible, so use cuda:0 \(or cuda\)$"):
+        resolve_device("cuda:5")
+    with pytest.raises(HpoError, match="^--device cuda:x: no such GPU; 1 visible"):
+        resolve_device("cuda:x")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    with pytest.raises(HpoError, match=r"8 visible, so use cuda:0 to cuda:7 \(or cuda\)$"):
+        resolve_device("cuda:8")
+    assert resolve_device("cuda:7") == torch.device("cuda:7") and resolve_device("cuda") == torch.device("cuda")
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(HpoError, match="^--device cuda:: no such GPU"):
+        resolve_device("cuda:")
+
+
 def test_cli_trains_a_config_file(tiny_data_dir, tmp_path):
     cfg = tmp_path / "cfg.json"
     cfg.write_text(TrainConfig(**TINY).to_json())
