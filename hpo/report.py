@@ -26,6 +26,7 @@ from hpo.config import TTA_NAMES  # noqa: E402
 from hpo.errors import ArgumentParser, HpoError, output_folder, run_cli  # noqa: E402
 from hpo.objective import RETRAIN_ATTR, RUN_ATTR, SETTINGS_ATTR  # noqa: E402
 from hpo.retrain import defaults_verdict, diverged_text  # noqa: E402
+from hpo.space import Choice, SearchSpace, SpaceError  # noqa: E402
 from hpo.storage import checked_study_name, default_storage_url, load_existing_study  # noqa: E402
 
 TOP_K = 5
@@ -35,6 +36,9 @@ CSS = (
     "td,th{padding:2px 8px;border-bottom:1px solid #ddd}img{max-width:100%}"
 )
 Block = tuple[str, Any]  # ("h2" | "p" | "table" | "img", payload)
+# Under this many completed trials a correlation or an importance rests on too few points to mean much: said so.
+FEW = 10
+FEW_TRIALS = f"; with under {FEW}, a rough indication at best"
 
 
 def build_report(study: optuna.Study, out_dir: Path) -> list[Block]:
@@ -47,6 +51,7 @@ def build_report(study: optuna.Study, out_dir: Path) -> list[Block]:
 
     counts = pd.Series([t.state.name for t in trials], dtype="object").value_counts().rename_axis("state")
     blocks += [("h2", "Trials by state"), ("table", counts.rename("trials").to_frame())]
+    blocks += settings_blocks(settings)
 
     if complete:
         best = study.best_trial
@@ -55,14 +60,21 @@ def build_report(study: optuna.Study, out_dir: Path) -> list[Block]:
             (
                 "p",
                 f"Trial {best.number}: validation accuracy **{best.value:.4f}** "
-                f"after {best.user_attrs.get('epochs_run')} epochs "
+                f"after {epochs_text(best.user_attrs.get('epochs_run'))} "
                 f"(test-time augmentation: {tta_name(best.user_attrs.get('config', {}))}).",
             ),
             (
                 "table",
                 pd.Series(best.user_attrs.get("config", best.params), name="value").rename_axis("key").to_frame(),
             ),
-            ("h2", f"Top {min(TOP_K, len(complete))} trials"),
+            ("h2", f"Top {min(TOP_K, len(complete))} trials" if len(complete) > 1 else "Top trial"),
+            (
+                "p",
+                "Learning rate and weight decay as the search samples them, in airbench's decoupled units "
+                "(`lr_decoupled`, `wd_decoupled`: per 1024 examples of a summed loss, independent of batch size, "
+                "momentum and each other); the best trial's config above gives the SGD `lr` and `weight_decay` they "
+                "convert to (`hpo.space.to_sgd`).",
+            ),
             ("table", top_k_table(complete)),
         ]
     else:
@@ -78,6 +90,32 @@ def build_report(study: optuna.Study, out_dir: Path) -> list[Block]:
     blocks += [("h2", "Compute accounting"), ("table", accounting_table(trials, finished, settings, run))]
     blocks += [("h2", "Plots"), *plot_blocks(study, trials, out_dir)]
     return blocks
+
+
+def settings_blocks(settings: dict[str, Any]) -> list[Block]:
+    """The search's settings as the study stores them (the latest run's, which a resumed run keeps) and its space."""
+    if not settings:
+        return []  # a study made elsewhere, or by an older version
+    shown = {k: "all" if k == "train_subset" and v == 0 else v for k, v in settings.items() if k != "space"}
+    if "widths" in shown:
+        shown["widths"] = "/".join(map(str, shown["widths"]))
+    blocks: list[Block] = [
+        ("h2", "Search settings"),
+        ("table", pd.Series(shown, name="value", dtype=object).rename_axis("setting").to_frame()),
+    ]
+    if "space" not in settings:
+        return blocks
+    try:
+        space = SearchSpace.from_dict(settings["space"], source="stored search space")
+    except SpaceError as err:
+        return [*blocks, ("p", f"Search space: {err}")]
+    ranges = {
+        name: ", ".join(map(str, p.choices)) if isinstance(p, Choice) else f"{p.low:g} … {p.high:g}{', log' * p.log}"
+        for name, p in space.sampled.items()
+    }
+    ranges |= {name: f"fixed: {value}" for name, value in space.fixed.items()}
+    table = pd.Series(ranges, name="range or choices", dtype=object).rename_axis("parameter").to_frame()
+    return [*blocks, ("p", "Search space (what is not listed is the recipe's):"), ("table", table)]
 
 
 def top_k_table(complete: list[optuna.trial.FrozenTrial]) -> pd.DataFrame:
@@ -116,8 +154,9 @@ def parameter_blocks(finished: list[optuna.trial.FrozenTrial]) -> list[Block]:
         blocks += [
             (
                 "p",
-                f"Numeric parameters over the {len(complete)} completed trials (Spearman correlation with the final "
-                "validation accuracy; pruned trials, scored at an earlier epoch, are left out):",
+                f"Numeric parameters over the {trials_text(len(complete))} (Spearman correlation with the final "
+                "validation accuracy; pruned trials, scored at an earlier epoch, are left out)"
+                f"{FEW_TRIALS if len(complete) < FEW else ''}:",
             ),
             ("table", described.round(4)),
         ]
@@ -145,21 +184,41 @@ def importance_blocks(study: optuna.Study, out_dir: Path) -> list[Block]:
                 "difference.",
             )
         ]
+    # A parameter that never changed explains nothing, but fANOVA still gives it a share of noise.
+    names = dict.fromkeys(name for t in complete for name in t.params)
+    varied = [n for n in names if len({repr(t.params.get(n)) for t in complete}) > 1]
+    if len(complete) > 1 and not varied:
+        return [("p", "Not available: no parameter took more than one value in the completed trials.")]
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
-            importances = optuna.importance.get_param_importances(study)
+            importances = optuna.importance.get_param_importances(study, params=varied or None)
     except (ValueError, RuntimeError) as err:
         return [("p", f"Not available: {err}")]
     # Optuna 5 returns none before a trial completes, and equal ones (with a warning) while there are too few.
     if not importances or any("too small to compute importances" in str(w.message) for w in caught):
         return [("p", "Not available yet: too few completed trials to compute importances.")]
+    fixed = [n for n in names if n not in varied]
+    lead = (
+        f"fANOVA over the {trials_text(len(complete))}"
+        + (f" ({', '.join(fixed)}: one value in all of them, left out)" if fixed else "")
+        + (FEW_TRIALS if len(complete) < FEW else "")
+        + ":"
+    )
     table = pd.Series(importances, name="importance").rename_axis("parameter").round(4).to_frame()
     fig, ax = plt.subplots(figsize=(6, 0.4 * len(table) + 1.2))
     table["importance"][::-1].plot.barh(ax=ax, color="tab:blue")
     ax.set_xlabel("fANOVA importance for validation accuracy")
     _save(fig, out_dir / "importances.png")
-    return [("table", table), ("img", "importances.png")]
+    return [("p", lead), ("table", table), ("img", "importances.png")]
+
+
+def epochs_text(n: int | None) -> str:
+    return f"{n} epoch{'s' if n != 1 else ''}" if n is not None else "an unknown number of epochs"
+
+
+def trials_text(n: int) -> str:
+    return f"{n} completed trial{'s' if n != 1 else ''}"
 
 
 def retrain_blocks(record: dict | None) -> list[Block]:

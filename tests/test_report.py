@@ -824,3 +824,35 @@ def test_a_missing_value_reads_n_a_in_both_tables_and_numbers_print_alike():
     assert "nan" not in markdown.lower() + html.lower()
     assert markdown.count("n/a") == html.count("n/a") == 1
     assert all(number in markdown and number in html for number in ("1e-12", "0.0005", "0.0123"))
+
+
+def test_the_report_states_the_search_settings_and_space(tmp_path):
+    study = make_study(f"sqlite:///{tmp_path / 's.db'}")
+    space = {"lr_decoupled": {"low": 8.0, "high": 128.0, "log": True}, "augmentation": "flip", "scheduler": None}
+    settings = {"n_trials": 8, "epochs": 3, "widths": [8, 16, 16], "train_subset": 0, "sampler": "gp"}
+    study.set_user_attr("hpo_settings", {**settings, "pruner": "median", "space": space})
+    markdown = write_report(study, tmp_path / "r")
+    section = markdown.split("## Search settings")[1].split("\n## ")[0]
+    for row in ("| sampler | gp", "| pruner | median", "| widths | 8/16/16", "| train_subset | all"):
+        assert row in " ".join(section.split()), row
+    assert "| lr_decoupled | 8 … 128, log" in " ".join(section.split())
+    assert "| augmentation | fixed: flip" in " ".join(section.split())
+    assert "momentum | 0.7 … 0.92" in " ".join(section.split())  # a default range the file left as it is
+    assert "scheduler" not in section  # dropped by the space file: the recipe's value
+    study.set_user_attr("hpo_settings", {})
+    assert "## Search settings" not in write_report(study, tmp_path / "r2")
+
+
+def test_importances_leave_out_a_parameter_that_never_varied_and_few_trials_are_flagged(tmp_path):
+    constant = optuna.create_study(study_name="c", storage=f"sqlite:///{tmp_path / 'c.db'}", direction="maximize")
+    dists = {"lr_decoupled": FloatDistribution(0.5, 32, log=True), "augmentation": CategoricalDistribution(["flip"])}
+    for i in range(6):
+        params = {"lr_decoupled": 1.0 + i, "augmentation": "flip"}
+        attrs = {"config": TINY_CONFIG.to_dict(), "epochs_run": 1}
+        constant.add_trial(create_trial(value=0.1 + 0.01 * i, params=params, distributions=dists, user_attrs=attrs))
+    markdown = write_report(constant, tmp_path / "r")
+    section = markdown.split("## Parameter importances")[1].split("\n## ")[0]
+    assert "fANOVA over the 6 completed trials (augmentation: one value in all of them, left out)" in section
+    assert "with under 10, a rough indication at best" in section
+    assert "| augmentation" not in section and "| lr_decoupled" in section
+    assert "Trial 5: validation accuracy **0.1500** after 1 epoch (" in markdown  # not "1 epochs"
