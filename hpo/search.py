@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         devices = max(1, len(pool.gpus_used(workers)))  # on a CPU: the one
         record_run(study, started_at, seconds, devices, workers, gpu_utilisation, gpu_samples, args.timeout)
-        print_summary(study, settings, seconds)
+        print_summary(study, settings, seconds, args.timeout)
         if not args.no_retrain:
             finish_pipeline(study, storage_url, data, device, args.retrain_seeds)
     return code
@@ -598,10 +598,15 @@ def record_run(
     return run
 
 
-def print_summary(study: optuna.Study, settings: Settings, seconds: float) -> None:
+def print_summary(study: optuna.Study, settings: Settings, seconds: float, timeout: float | None = None) -> None:
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
     finished = [t for t in trials if t.state in FINISHED]
+    if timeout is not None and len(finished) < settings.n_trials:
+        print(
+            f"\nsearch stopped: --timeout {timeout:g} s ran out with {len(finished)} of {settings.n_trials} trials "
+            "finished; the same command continues the study (a trial cut short resumes from its checkpoint)"
+        )
     epochs_run = sum(t.user_attrs.get("epochs_run", 0) for t in finished)
     full = len(finished) * settings.epochs
     print(

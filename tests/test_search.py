@@ -152,6 +152,8 @@ def test_timeout_stops_the_running_trial_at_an_epoch_end_and_the_next_run_resume
     assert (run["timeout"], run["finished"], run["workers"], run["gpu_utilisation"]) == (2, 0, 1, None)
     assert failed.user_attrs["startup_seconds"] == run["startup_seconds"] > 0 and failed.user_attrs["device_seconds"]
     assert f"start-up: {run['startup_seconds']:.1f}s from the command to the first trial's first step" in proc.stdout
+    stopped = "search stopped: --timeout 2 s ran out with 0 of 3 trials finished; the same command continues the study"
+    assert stopped in proc.stdout
     # Its checkpoint was written when it stopped (not every epoch: the default writes at most every 30 s).
     checkpoint = tmp_path / "cifar10-checkpoints" / f"trial-{failed.number}.pt"
     state = torch.load(checkpoint, map_location="cpu", weights_only=True)
