@@ -294,11 +294,15 @@ def accounting_table(trials, finished, settings: dict, run: dict | None = None) 
     starts = [t.datetime_start for t in trials if t.datetime_start]
     ends = [t.datetime_complete for t in trials if t.datetime_complete]
     if starts and ends:
-        rows["wall time, first start to last finish (s)"] = round((max(ends) - min(starts)).total_seconds(), 1)
+        rows["calendar time, first trial start to last finish, across runs and the gaps between them (s)"] = round(
+            (max(ends) - min(starts)).total_seconds(), 1
+        )
     complete = [t for t in finished if t.state == TrialState.COMPLETE]
     if complete and starts:
         best = max(complete, key=lambda t: t.value)
-        rows["time to reach the best value (s)"] = round((best.datetime_complete - min(starts)).total_seconds(), 1)
+        rows["calendar time to reach the best value, from the first trial start (s)"] = round(
+            (best.datetime_complete - min(starts)).total_seconds(), 1
+        )
         rows["trials run before the best"] = sum(1 for t in trials if t.number < best.number)
     rows.update(device_rows(trials, run or {}))
     return pd.Series(rows, name="value").rename_axis("measure").astype(str).to_frame()
