@@ -186,7 +186,8 @@ def upload_trial_artifacts(
     with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
         acc, loss = attrs.get("val_acc_curve") or [], attrs.get("val_loss_curve") or []
         if acc or loss:
-            title = f"{study.study_name} trial {frozen.number} ({attrs.get('epochs_run', len(acc))} epochs)"
+            epochs = attrs.get("epochs_run", len(acc))
+            title = f"{study.study_name} trial {frozen.number} ({epochs} epoch{'s' if epochs != 1 else ''})"
             path = Path(tmp) / f"trial-{frozen.number}-{CURVE_SUFFIX}"
             if later is None:
                 ids.append(upload(plot_learning_curve(acc, loss, path, title)))

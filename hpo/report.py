@@ -20,6 +20,7 @@ matplotlib.use("Agg")  # files only: no display needed
 import matplotlib.pyplot as plt  # noqa: E402
 import optuna  # noqa: E402
 import pandas as pd  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
 from hpo.config import TTA_NAMES  # noqa: E402
@@ -413,7 +414,8 @@ def validation_curves(trials) -> plt.Figure | None:
         ax.plot(epochs, [values[e] for e in epochs], **style)
     ax.plot([], [], color="tab:blue", label="completed")
     ax.plot([], [], color="0.7", marker="x", label="pruned / failed (cut short)")
-    ax.set_xlabel("epoch")
+    ax.set_xlabel("epoch (a full run's last epoch is scored with its config's test-time augmentation)")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_ylabel("validation accuracy")
     ax.set_title("Validation curves of all trials")
     ax.legend(loc="lower right")

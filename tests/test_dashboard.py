@@ -286,3 +286,22 @@ def test_missing_or_wrong_study_is_one_line(live, tmp_path):
         assert f"cannot listen on {host}:0" in err and "pass another --host" in err
     err = _one_line_error("--storage", f"sqlite:///{live.db}", "--port", "70000", cwd=repo)
     assert "--port must be in 0..65535" in err
+
+
+@pytest.mark.parametrize(("epochs", "expected"), [(1, "(1 epoch)"), (3, "(3 epochs)")])
+def test_a_trials_learning_curve_is_titled_with_its_epochs(tmp_path, monkeypatch, epochs, expected):
+    import hpo.notes
+
+    titles = []
+    real = hpo.notes.plot_learning_curve
+    monkeypatch.setattr(hpo.notes, "plot_learning_curve", lambda *a: titles.append(a[3]) or real(*a))
+    study = optuna.create_study(study_name="s", storage=f"sqlite:///{tmp_path / 's.db'}", direction="maximize")
+    trial = study.ask()
+    for name, value in {
+        "val_acc_curve": [0.3] * epochs,
+        "val_loss_curve": [2.0] * epochs,
+        "epochs_run": epochs,
+    }.items():
+        trial.set_user_attr(name, value)
+    upload_trial_artifacts(study, trial, artifact_store_for("s", tmp_path))
+    assert titles == [f"s trial 0 {expected}"]

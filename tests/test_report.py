@@ -856,3 +856,13 @@ def test_importances_leave_out_a_parameter_that_never_varied_and_few_trials_are_
     assert "with under 10, a rough indication at best" in section
     assert "| augmentation" not in section and "| lr_decoupled" in section
     assert "Trial 5: validation accuracy **0.1500** after 1 epoch (" in markdown  # not "1 epochs"
+
+
+def test_the_validation_curves_have_whole_epochs_on_their_axis(tmp_path):
+    from hpo.report import validation_curves
+
+    study = make_study(f"sqlite:///{tmp_path / 's.db'}", n=3)  # curves of 1 to 3 epochs
+    fig = validation_curves(study.get_trials(deepcopy=False))
+    fig.canvas.draw()
+    ticks = fig.axes[0].get_xticks()
+    assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
