@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import TrainConfig
 from hpo.errors import ArgumentParser, HpoError, run_cli, write_output
+from hpo.objective import SETTINGS_ATTR
 from hpo.storage import checked_study_name, default_storage_url, load_existing_study, redact
 
 PACKAGES = ("hpo", "torch", "torchvision", "optuna", "optuna-dashboard", "pandas")
@@ -57,7 +58,12 @@ def export_document(study: optuna.Study, trial: FrozenTrial, storage_url: str) -
             "trial_number": trial.number,
             "state": trial.state.name,
             "validation_accuracy": trial.value,
+            # the epoch that accuracy was scored at (a pruned trial's is earlier than config.epochs) and why it stopped
+            "epochs_run": trial.user_attrs.get("epochs_run"),
+            "stop_reason": trial.user_attrs.get("stop_reason"),
             "params": trial.params,
+            # how the study searched and scored (validation share, seeds, sampler, pruner, space)
+            "search_settings": study.user_attrs.get(SETTINGS_ATTR),
             "exported_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
             "versions": versions(),
         },

@@ -248,6 +248,7 @@ def test_export_round_trip_and_train_from_the_file(tmp_path, tiny_data_dir):
     assert doc["provenance"]["trial_number"] == study.best_trial.number
     assert doc["provenance"]["validation_accuracy"] == study.best_value
     assert {"torch", "optuna", "python"} <= set(doc["provenance"]["versions"])
+    assert doc["provenance"]["search_settings"] == {"epochs": 3}  # the study's, as stored
     assert load_config(tmp_path / "best.json") == trial_config(study.best_trial)
 
     yaml_proc = run(
@@ -255,6 +256,9 @@ def test_export_round_trip_and_train_from_the_file(tmp_path, tiny_data_dir):
     )
     assert yaml_proc.returncode == 0, yaml_proc.stderr
     assert load_config(tmp_path / "t1.yaml") == trial_config(study.trials[1])
+    pruned = run("hpo.export", "--storage", url, "--trial", "2", "--output", "-", cwd=tmp_path)
+    provenance = json.loads(pruned.stdout)["provenance"]
+    assert (provenance["state"], provenance["epochs_run"]) == ("PRUNED", 1)  # its accuracy is epoch 1's
 
     top = run("hpo.export", "--storage", url, "--top-k", "3", "--output", "top", cwd=tmp_path)
     assert top.returncode == 0 and len(list((tmp_path / "top").glob("cifar10-trial*.json"))) == 3
