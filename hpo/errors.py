@@ -75,7 +75,11 @@ def run_cli(main: Callable[[], int | None]) -> None:
 
 
 class ArgumentParser(argparse.ArgumentParser):
-    """argparse, but a bad option is an ``HpoError``: one line, exit 2, no usage dump."""
+    """argparse, but a bad option is an ``HpoError``: one line, exit 2, no usage dump; and a description taken
+    from a module docstring loses its reStructuredText ````code```` marks in ``--help``."""
+
+    def __init__(self, *args, description: str | None = None, **kwargs) -> None:
+        super().__init__(*args, description=description and description.replace("``", ""), **kwargs)
 
     def error(self, message: str) -> NoReturn:
         raise HpoError(f"{message} (see {self.prog} --help)")

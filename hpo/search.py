@@ -614,7 +614,9 @@ def print_summary(study: optuna.Study, settings: Settings, seconds: float, timeo
         + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         + f"; this run {seconds:.0f}s"
     )
-    if full:
+    if full and settings.pruner == "none" and epochs_run == full:
+        print(f"epochs run {epochs_run} (--pruner none: every trial ran all its epochs)")
+    elif full:
         print(
             f"epochs run {epochs_run} of {full} without pruning: "
             f"pruning saved {full - epochs_run} ({1 - epochs_run / full:.0%})"

@@ -74,9 +74,9 @@ class Comparison:
 
 
 def p_text(p: float, digits: int = 3) -> str:
-    """``= 0.0123`` to ``digits`` significant digits, or ``< 0.05`` where rounding would carry a significant p up to
-    ALPHA (0.04996 is not "p = 0.05")."""
-    text = f"{p:.{digits}g}"
+    """``= 0.0123`` to ``digits`` significant digits, trailing zeros kept (0.500, not 0.5), or ``< 0.05`` where
+    rounding would carry a significant p up to ALPHA (0.04996 is not "p = 0.05")."""
+    text = f"{p:#.{digits}g}"
     return f"< {ALPHA}" if p < ALPHA <= float(text) else f"= {text}"
 
 

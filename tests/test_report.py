@@ -462,6 +462,7 @@ def test_one_run_has_no_sd_and_a_p_that_rounds_to_alpha_stays_below_it():
     assert table["sd"].tolist() == ["n/a"] and table["95% CI"].tolist() == ["n/a"]
     assert p_text(0.04996) == "< 0.05" and p_text(0.0123) == "= 0.0123" and p_text(0.0501) == "= 0.0501"
     assert p_text(0.049, 1) == "< 0.05"  # "0.05" at one digit
+    assert p_text(0.5) == "= 0.500" and p_text(1.0) == "= 1.00"  # as many digits as p = 0.542 beside it
     verdict = Comparison(0.02, 2.5, 0.04996, True).verdict("a", "b")
     assert verdict == "a is better than b by 0.0200 (Welch's t-test p < 0.05)"
     with warnings.catch_warnings():

@@ -701,3 +701,31 @@ def test_a_cpu_worker_takes_its_share_of_the_cores(tiny_data_dir, tmp_path, monk
     finally:
         torch.set_num_threads(threads)
     assert seen == [2]
+
+
+@pytest.mark.parametrize(
+    ("pruner", "line"),
+    [("none", "epochs run 6 (--pruner none: every trial ran all its epochs)"),
+     ("hyperband", "epochs run 6 of 6 without pruning: pruning saved 0 (0%)")],
+)  # fmt: skip
+def test_the_summary_does_not_credit_a_search_without_a_pruner_with_pruning(capsys, pruner, line):
+    from optuna.trial import create_trial
+
+    from hpo.search import Settings, print_summary
+
+    study = optuna.create_study(direction="maximize")
+    for value in (0.3, 0.4):
+        study.add_trial(create_trial(value=value, user_attrs={"epochs_run": 3}))
+    settings = Settings(2, 3, (8, 8, 8), 0, 16, 0.1, 0, "tpe", pruner, {})
+    print_summary(study, settings, 10.0)
+    assert line in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("module", ["search", "report", "export", "bench", "dashboard", "retrain", "train"])
+def test_help_shows_plain_text_not_docstring_markup(module, capsys):
+    import importlib
+
+    with pytest.raises(SystemExit) as exit_info:
+        importlib.import_module(f"hpo.{module}").main(["--help"])
+    assert exit_info.value.code == 0
+    assert "``" not in capsys.readouterr().out
