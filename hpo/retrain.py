@@ -246,6 +246,12 @@ def retrain_study(
     return record
 
 
+def size_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
+    """How two configs differ in what sets the model's size and training budget rather than its hyperparameters."""
+    keys = ("widths", "stem_width", "epochs", "batch_size", "train_subset")
+    return [f"{k} ({getattr(a, k)} against {getattr(b, k)})" for k in keys if getattr(a, k) != getattr(b, k)]
+
+
 def winner_folder(folder: Path, study_name: str) -> Path:
     """Where a study's retrain saves its winner's weights and config: the winner is the candidate with the highest
     mean test accuracy, which need not be the search's best trial (``best-config.json``)."""
@@ -365,6 +371,12 @@ def main(argv: list[str] | None = None) -> int:
         weights = winner_folder(files_dir(url), study.study_name)
     if args.epochs is not None:
         candidates = [Candidate(c.label, c.config.replace(epochs=args.epochs), c.trial_number) for c in candidates]
+    if args.baseline and (differ := size_differences(candidates[0].config, candidates[1].config)):
+        print(
+            f"note: --config and --baseline differ in {'; '.join(differ)}: the comparison is of more than "
+            "hyperparameters (--epochs sets both; edit a file for the rest)",
+            flush=True,
+        )
     data = load_cifar10(args.data_dir)
     jobs = cpu_jobs(device, candidates, data, args.train_subset) if args.jobs is None else args.jobs
     record = retrain(candidates, data, device, n_seeds, weights, args.train_subset, jobs)

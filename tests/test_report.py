@@ -330,6 +330,23 @@ def test_retrain_config_against_baseline_stores_result(tmp_path, tiny_data_dir):
     stored = optuna.load_study(study_name="cifar10", storage=url).user_attrs["retrain"]
     assert stored["candidates"][0]["test_acc"] == record["candidates"][0]["test_acc"]
     assert (tmp_path / "a-retrain" / "model.pt").is_file()  # beside the study file
+    assert "note: --config and --baseline differ" not in proc.stdout  # the same size: hyperparameters only
+
+
+def test_a_baseline_of_another_size_is_named_before_the_runs(tmp_path, tiny_data_dir, monkeypatch, capsys):
+    from hpo.retrain import main, size_differences
+
+    a, b = TINY_CONFIG, TINY_CONFIG.replace(lr=0.001, widths=(8, 8, 8), epochs=6)
+    assert size_differences(a, b) == [f"widths ({a.widths} against (8, 8, 8))", f"epochs ({a.epochs} against 6)"]
+    assert size_differences(a, a.replace(lr=0.5, momentum=0.8)) == []
+    (tmp_path / "a.json").write_text(a.to_json())
+    (tmp_path / "b.json").write_text(b.to_json())
+    monkeypatch.chdir(tmp_path)
+    args = ["--config", "a.json", "--baseline", "b.json", "--seeds", "1", "--data-dir", str(tiny_data_dir)]
+    assert main([*args, "--epochs", "1", "--device", "cpu", "--jobs", "1"]) == 0
+    out = capsys.readouterr().out
+    assert "note: --config and --baseline differ in widths ((8, 16, 16) against (8, 8, 8)): the comparison" in out
+    assert "epochs (" not in out  # --epochs 1 set both
 
 
 def test_retrain_in_study_mode_with_train_subset(tmp_path, tiny_data_dir):
