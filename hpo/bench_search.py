@@ -168,8 +168,9 @@ def rank_correlations(curves: pd.DataFrame, epochs: int, signal: str = "val_acc_
     sign = -1.0 if signal == "val_loss_curve" else 1.0
     table = pd.DataFrame([[sign * v for v in s] for s, _ in pairs], columns=range(1, epochs + 1))
     final = pd.Series([a[-1] for _, a in pairs])
-    rho = table.corrwith(final, method="spearman")
-    return rho.rename(f"Spearman with epoch {epochs}'s accuracy ({len(pairs)} trials)")
+    rho = table.corrwith(final, method="spearman").rename(f"Spearman with epoch {epochs}'s accuracy")
+    rho.attrs["trials"] = len(pairs)
+    return rho
 
 
 def run_benchmark(bench: BenchSettings, strategies: list[str], seeds: int, jobs: int) -> pd.DataFrame:
@@ -366,10 +367,12 @@ def plot(curves: pd.DataFrame, budget: int, path: Path) -> None:
     """Mean (over seeds) best-so-far validation accuracy against epochs spent, one line per strategy."""
     grid = np.arange(1, budget + 1)
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for strategy, per_strategy in curves.groupby("strategy", sort=False):
-        ax.step(grid, mean_best_so_far(per_strategy, grid), where="post", label=strategy)
+    styles = ["-", "--", ":", "-."]  # strategies that find the same trials draw the same line: dashes show both
+    for i, (strategy, per_strategy) in enumerate(curves.groupby("strategy", sort=False)):
+        line = mean_best_so_far(per_strategy, grid)
+        ax.step(grid, line, where="post", label=strategy, ls=styles[i % len(styles)], lw=2.2 - 0.4 * (i % 3))
     ax.set_xlabel("epochs spent by the study")
-    ax.set_ylabel("best validation accuracy so far (mean over seeds)")
+    ax.set_ylabel(f"best validation accuracy so far (mean over {curves.seed.nunique()} seeds)")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
@@ -468,7 +471,10 @@ def search_benchmark(args, device: torch.device) -> None:
     for signal, what in (("val_acc_curve", "validation accuracy"), ("val_loss_curve", "validation loss (negated)")):
         correlations = rank_correlations(curves, epochs, signal)
         if len(correlations):
-            print(f"\nrank correlation of epoch-k {what} with epoch {epochs}'s accuracy, over the full-length trials:")
+            print(
+                f"\nrank correlation of epoch-k {what} with epoch {epochs}'s accuracy, over the "
+                f"{correlations.attrs['trials']} full-length trials of all studies:"
+            )
             print("  " + "  ".join(f"epoch {k}: {rho:.2f}" for k, rho in correlations.items()))
     if args.retrain_best:
         print(
@@ -477,7 +483,8 @@ def search_benchmark(args, device: torch.device) -> None:
             flush=True,
         )
         best = retrain_best(bench, curves, args.retrain_best, jobs)
-        best.to_csv(out / "search-bench-retrained.csv", index=False)
+        as_json = {"params": best.params.map(json.dumps), "test_runs": best.test_runs.map(json.dumps)}
+        best.assign(**as_json).to_csv(out / "search-bench-retrained.csv", index=False)
         print_retrain_table(retrain_table(best))
     if args.oracle:
         from hpo.bench_oracle import oracle_bound, print_oracle  # it builds on this module
