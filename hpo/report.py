@@ -1,13 +1,15 @@
 """``python -m hpo.report``: the study as a pandas summary under ``reports/<study-name>/``.
 
-Writes ``trials.csv`` (``study.trials_dataframe()``, user attributes included), ``summary.md`` and ``summary.html``
-(counts, best trial and config, top-k, per-parameter statistics, importances, retrain result, compute
-accounting) and PNG plots embedded in both, and prints the Markdown to the terminal.
+Writes ``trials.csv`` (``study.trials_dataframe()``, user attributes included, as JSON where structured),
+``summary.md`` and ``summary.html`` (counts, settings, best trial and config, top-k, per-parameter statistics,
+importances, retrain result, compute accounting) and PNG plots embedded in both, and prints the Markdown to the
+terminal.
 """
 
 from __future__ import annotations
 
 import html
+import json
 import math
 import warnings
 from pathlib import Path
@@ -474,10 +476,20 @@ def to_html(blocks: list[Block], title: str) -> str:
     return f"<!doctype html><html><head>{head}</head><body>{''.join(body)}</body></html>\n"
 
 
+def trials_table(study: optuna.Study) -> pd.DataFrame:
+    """``study.trials_dataframe()`` for a CSV: structured cells (configs, curves) as JSON rather than Python reprs,
+    and without optuna-dashboard's one column per artifact id (the dashboard shows the artifacts)."""
+    frame = study.trials_dataframe()
+    frame = frame.drop(columns=[c for c in frame.columns if c.startswith("system_attrs_artifacts:")])
+    for column in frame.columns:
+        frame[column] = frame[column].map(lambda v: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v)
+    return frame
+
+
 def write_report(study: optuna.Study, out_dir: Path) -> str:
     """Write trials.csv, summary.md, summary.html and the plots into ``out_dir``; return the Markdown."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    study.trials_dataframe().to_csv(out_dir / "trials.csv", index=False)
+    trials_table(study).to_csv(out_dir / "trials.csv", index=False)
     blocks = build_report(study, out_dir)
     markdown = to_markdown(blocks)
     (out_dir / "summary.md").write_text(markdown)

@@ -191,6 +191,8 @@ def test_report_files_and_sections(tmp_path):
     markdown = write_report(study, out)
     frame = pd.read_csv(out / "trials.csv")
     assert len(frame) == len(study.trials) and "user_attrs_train_seconds" in frame.columns
+    configs = frame.user_attrs_config.map(json.loads)  # JSON cells, not Python reprs
+    assert configs[study.best_trial.number] == study.best_trial.user_attrs["config"]
     best = study.best_trial
     assert f"Trial {best.number}: validation accuracy **{best.value:.4f}**" in markdown
     for section in ("Parameter importances", "Compute accounting", "epochs saved by pruning", "Verdict", "95% CI"):
@@ -223,6 +225,20 @@ def test_the_report_says_when_the_saved_weights_are_not_the_best_trials(tmp_path
     assert f"Weights of the winner, {winner} (seed 0): `studies/cifar10-winner/model.pt`" in markdown
     explained = "here not the search's best trial (best (trial 6)), whose config is `best-config.json`" in markdown
     assert explained == (winner != "best (trial 6)")
+
+
+def test_trials_csv_leaves_out_the_dashboards_artifact_columns():
+    from hpo.report import trials_table
+
+    study = optuna.create_study(direction="maximize")
+    trial = study.ask()
+    study._storage.set_trial_system_attr(trial._trial_id, "artifacts:1234", {"filename": "curve.png"})
+    trial.set_user_attr("val_acc_curve", [0.25, 0.5])
+    study.tell(trial, 0.5)
+    frame = trials_table(study)
+    assert "system_attrs_artifacts:1234" in study.trials_dataframe().columns
+    assert not [c for c in frame.columns if c.startswith("system_attrs_artifacts")]
+    assert frame.user_attrs_val_acc_curve[0] == "[0.25, 0.5]"
 
 
 def test_accounting_counts_pruning_savings(tmp_path):
