@@ -175,6 +175,18 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         print(f"study {args.study_name!r} in {redact(storage_url)}", flush=True)
+        changed = [
+            k
+            for k in ("sampler", "pruner", "seed")
+            if existing and k in existing and existing[k] != getattr(settings, k)
+        ]
+        if changed:
+            print(
+                "continuing the study with "
+                + ", ".join(f"{k} {getattr(settings, k)} (its earlier trials: {existing[k]})" for k in changed)
+                + "; its note and report name the latest",
+                flush=True,
+            )
 
     first = [] if is_worker else _first_trials(settings, enqueue, warm=existing is None and not args.no_warm_start)
     data = load_cifar10(args.data_dir)  # before touching the study: bad data must not leave an empty study behind
