@@ -366,6 +366,10 @@ def plot_blocks(study: optuna.Study, trials, out_dir: Path) -> list[Block]:
             # Equal values give an axis of zero height: matplotlib widens it, with a warning on the user's terminal.
             warnings.filterwarnings("ignore", "Attempting to set identical low and high ylims", UserWarning)
             ax = optuna.visualization.matplotlib.plot_parallel_coordinate(study, target_name="validation accuracy")
+            # Optuna's default is a 6.4-inch figure (axis labels overlap) whose worst trials are drawn white on grey.
+            ax.figure.set_size_inches(max(8.0, 1.5 * len(ax.get_xticks())), 5)
+            for lines in ax.collections:
+                lines.set_cmap("viridis")
             _save(ax.figure, out_dir / "parallel.png")
             blocks.append(("img", "parallel.png"))
     return blocks

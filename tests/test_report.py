@@ -209,6 +209,8 @@ def test_report_files_and_sections(tmp_path):
         with Image.open(out / name) as img:
             assert img.format == "PNG" and img.size[0] > 200
         assert f"]({name})" in markdown
+    with Image.open(out / "parallel.png") as img:  # wide enough for its axis labels (Optuna's own: 6.4 inches)
+        assert img.size[0] >= 8 * 110
 
 
 @pytest.mark.parametrize("winner", ["best (trial 6)", "runner-up (trial 4)"])
