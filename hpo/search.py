@@ -624,7 +624,7 @@ def print_summary(study: optuna.Study, settings: Settings, seconds: float, timeo
     print(
         f"\nstudy {study.study_name}: "
         + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
-        + f"; this run {seconds:.0f}s"
+        + f"; this run {seconds:.0f}s from the loaded data to the last trial's end"
     )
     if full and settings.pruner == "none" and epochs_run == full:
         print(f"epochs run {epochs_run} (--pruner none: every trial ran all its epochs)")
