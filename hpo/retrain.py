@@ -9,6 +9,7 @@ higher mean test accuracy) are saved with its config under ``studies/``.
 
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import json
 import math
@@ -20,7 +21,7 @@ import optuna
 import torch
 from optuna.artifacts import upload_artifact
 
-from hpo.config import RECIPE_LABEL, TrainConfig, load_config
+from hpo.config import RECIPE_LABEL, ConfigError, TrainConfig, load_config, read_yaml_or_json
 from hpo.data import Cifar10, content_digest, load_cifar10
 from hpo.errors import ArgumentParser, HpoError, output_file, run_cli, write_output
 from hpo.export import ranked_trials, trial_config
@@ -246,6 +247,19 @@ def retrain_study(
     return record
 
 
+def config_name(path: Path) -> str:
+    """A config file's name in labels and in its weights folder: an exported file's study and trial (every study's
+    report holds a ``best-config.json``, whose weights would otherwise share one folder), else the file's stem."""
+    provenance = read_yaml_or_json(path, "config", ConfigError)
+    provenance = provenance.get("provenance") if isinstance(provenance, dict) else None
+    if isinstance(provenance, dict) and isinstance(provenance.get("trial_number"), int):
+        try:
+            return f"{checked_study_name(str(provenance.get('study_name')))}-trial{provenance['trial_number']}"
+        except argparse.ArgumentTypeError:
+            pass  # a name that could not name a folder: the file's own
+    return path.stem
+
+
 def size_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     """How two configs differ in what sets the model's size and training budget rather than its hyperparameters."""
     keys = ("widths", "stem_width", "epochs", "batch_size", "train_subset")
@@ -362,10 +376,10 @@ def main(argv: list[str] | None = None) -> int:
         url = args.storage or default_storage_url(name)
         study = load_existing_study(name, url, writable=True)  # the result is stored in it: refuse now, not after
     if args.config:
-        candidates = [Candidate(f"config {args.config.stem}", load_config(args.config))]
+        candidates = [Candidate(f"config {config_name(args.config)}", load_config(args.config))]
         if args.baseline:
-            candidates.append(Candidate(f"baseline {args.baseline.stem}", load_config(args.baseline)))
-        weights = (files_dir(url) if study else Path("studies")) / f"{args.config.stem}-retrain"
+            candidates.append(Candidate(f"baseline {config_name(args.baseline)}", load_config(args.baseline)))
+        weights = (files_dir(url) if study else Path("studies")) / f"{config_name(args.config)}-retrain"
     else:
         candidates = study_candidates(study)
         weights = winner_folder(files_dir(url), study.study_name)

@@ -906,3 +906,26 @@ def test_the_validation_curves_have_whole_epochs_on_their_axis(tmp_path):
     fig.canvas.draw()
     ticks = fig.axes[0].get_xticks()
     assert len(ticks) >= 2 and all(float(t).is_integer() for t in ticks), ticks
+
+
+def test_an_exported_config_is_retrained_under_its_study_and_trial_not_its_file_name(
+    tmp_path, tiny_data_dir, monkeypatch
+):
+    from hpo.retrain import config_name, main
+
+    monkeypatch.chdir(tmp_path)
+    for study_name, trial in (("first", 3), ("second", 7)):  # each study's report has a best-config.json
+        folder = tmp_path / "reports" / study_name
+        folder.mkdir(parents=True)
+        document = {"config": TINY_CONFIG.to_dict(), "provenance": {"study_name": study_name, "trial_number": trial}}
+        (folder / "best-config.json").write_text(json.dumps(document))
+        assert config_name(folder / "best-config.json") == f"{study_name}-trial{trial}"
+    unusable = {"config": TINY_CONFIG.to_dict(), "provenance": {"study_name": "../up", "trial_number": 1}}
+    (tmp_path / "odd.json").write_text(json.dumps(unusable))
+    assert config_name(tmp_path / "odd.json") == "odd"  # a name that cannot name a folder: the file's stem
+    output = tmp_path / "r.json"
+    args = ["--config", str(tmp_path / "reports" / "first" / "best-config.json"), "--seeds", "1", "--epochs", "1"]
+    assert main([*args, "--data-dir", str(tiny_data_dir), "--device", "cpu", "--output", str(output)]) == 0
+    record = json.loads(output.read_text())
+    assert record["candidates"][0]["label"] == "config first-trial3"
+    assert record["weights"] == "studies/first-trial3-retrain/model.pt"
