@@ -240,6 +240,10 @@ def retrain_study(
             "reused (python -m hpo.retrain trains them anew)",
             flush=True,
         )
+        for c in stored["candidates"]:
+            print(f"retrain {c['label']}: test accuracy {c['text']}", flush=True)
+        for c in stored.get("comparisons", []):
+            print(f"retrain verdict: {c['verdict']}", flush=True)
         return stored
     jobs = cpu_jobs(device, candidates, data) if jobs is None else jobs
     record = retrain(candidates, data, device, n_seeds, weights, jobs=jobs)

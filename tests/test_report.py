@@ -784,7 +784,7 @@ def test_a_retrain_run_scores_the_test_set_once_after_its_last_epoch(tmp_path, t
 
 
 def test_a_search_rerun_reuses_the_stored_retrain_only_when_it_covers_the_same_runs(
-    tmp_path, tiny_data_dir, monkeypatch
+    tmp_path, tiny_data_dir, monkeypatch, capsys
 ):
     import hpo.retrain
     from hpo.data import Cifar10, Split, load_cifar10
@@ -809,7 +809,11 @@ def test_a_search_rerun_reuses_the_stored_retrain_only_when_it_covers_the_same_r
 
     assert runs() == 6  # best, runner-up and the recipe, 2 seeds each
     stored = study.user_attrs["retrain"]
+    capsys.readouterr()
     assert runs() == 0 and study.user_attrs["retrain"] == stored  # the same runs: reused
+    shown = capsys.readouterr().out  # and its results shown again
+    assert all(f"retrain {c['label']}: test accuracy {c['text']}" in shown for c in stored["candidates"])
+    assert all(f"retrain verdict: {c['verdict']}" in shown for c in stored["comparisons"])
     assert runs(reuse=False) == 6  # python -m hpo.retrain always trains
     assert runs(data=relabelled) == 6 and runs() == 6  # other data, then back
     (tmp_path / "cifar10-winner" / "model.pt").unlink()

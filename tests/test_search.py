@@ -376,7 +376,9 @@ def test_cli_on_the_real_subset_with_default_storage_and_optuna_cli(subset_dir, 
     (report / "summary.md").unlink()
     again = run_search(*args, cwd=tmp_path, timeout=600)
     assert again.returncode == 0, again.stderr
-    assert "reused" in again.stdout and "test acc" not in again.stdout
+    assert "reused" in again.stdout and " seed 0 test acc" not in again.stdout  # nothing trained again
+    best = record["candidates"][0]
+    assert f"retrain {best['label']}: test accuracy {best['text']}" in again.stdout  # the stored results, shown
     assert optuna.load_study(study_name="cifar10", storage=url).user_attrs["retrain"]["date"] == record["date"]
     assert "**Did the search beat the defaults?**" in (report / "summary.md").read_text()
 
