@@ -257,7 +257,7 @@ def run(module, *args, cwd):
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=cwd, timeout=300)
 
 
-def test_export_round_trip_and_train_from_the_file(tmp_path, tiny_data_dir):
+def test_export_round_trip_and_train_from_the_file(tmp_path, tiny_data_dir, capsys):
     url = f"sqlite:///{tmp_path / 's.db'}"
     study = make_study(url)
     proc = run("hpo.export", "--storage", url, "--output", str(tmp_path / "best.json"), cwd=tmp_path)
@@ -274,8 +274,11 @@ def test_export_round_trip_and_train_from_the_file(tmp_path, tiny_data_dir):
     )
     assert yaml_proc.returncode == 0, yaml_proc.stderr
     assert load_config(tmp_path / "t1.yaml") == trial_config(study.trials[1])
-    pruned = run("hpo.export", "--storage", url, "--trial", "2", "--output", "-", cwd=tmp_path)
-    provenance = json.loads(pruned.stdout)["provenance"]
+    from hpo.export import main as export
+
+    capsys.readouterr()
+    assert export(["--storage", url, "--trial", "2", "--output", "-"]) == 0
+    provenance = json.loads(capsys.readouterr().out)["provenance"]
     assert (provenance["state"], provenance["epochs_run"]) == ("PRUNED", 1)  # its accuracy is epoch 1's
 
     top = run("hpo.export", "--storage", url, "--top-k", "3", "--output", "top", cwd=tmp_path)

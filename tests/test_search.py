@@ -443,7 +443,7 @@ def test_space_seed_sampler_and_pruner_are_used_and_resumed(tiny_data_dir, tmp_p
     assert other.returncode == 2 and "exists with a different search (space: study has" in other.stderr
     assert "--study-name" in other.stderr and "Traceback" not in other.stderr
     assert "continuing the study with" not in resumed.stdout  # nothing changed
-    switched = run_search(*base, "--device", "cpu", "--no-retrain", "--n-trials", "4", "--sampler", "tpe")
+    switched = run_search(*base, "--device", "cpu", "--no-retrain", "--n-trials", "3", "--sampler", "tpe")
     assert switched.returncode == 0, switched.stderr
     assert "continuing the study with sampler tpe (its earlier trials: random); its note and report" in switched.stdout
 
