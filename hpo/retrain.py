@@ -186,9 +186,10 @@ def study_candidates(study: optuna.Study) -> list[Candidate]:
 
 
 def defaults_verdict(record: dict) -> str | None:
-    """Did the search beat the trainer's defaults (the recipe)? In words, from the retrain's own test: "Yes" when
-    a config the search found retrained significantly better than the recipe, "No" when the recipe retrained
-    significantly better, "Not shown" when the test cannot tell them apart (which is no evidence that they are equal).
+    """Did the search beat the trainer's defaults (the recipe)? In words, from the retrain's test of the search's
+    best trial against the recipe (or, when the best trial is the recipe, of the runner-up against it): "Yes" when
+    the search's config retrained significantly better, "No" when the recipe did, "Not shown" when the test cannot
+    tell them apart (which is no evidence that they are equal), "Cannot tell" without a test (one run, no variance).
     """
     comparisons = record.get("comparisons", [])
     if record["candidates"][0]["label"].endswith(f"{IS_RECIPE})"):
@@ -234,7 +235,8 @@ def retrain_study(
     weights = winner_folder(folder, study.study_name)
     candidates = study_candidates(study)
     stored = study.user_attrs.get(RETRAIN_ATTR)
-    if reuse and covers(stored, candidates, n_seeds, data, device, weights / "model.pt"):
+    legacy = folder / f"{study.study_name}-best" / "model.pt"  # where versions before the -winner folder saved it
+    if reuse and any(covers(stored, candidates, n_seeds, data, device, w) for w in (weights / "model.pt", legacy)):
         print(
             f"retrain: the study's retrain of {stored['date']} trained these configs with these seeds on this data: "
             "reused (python -m hpo.retrain trains them anew)",
@@ -256,17 +258,17 @@ def config_name(path: Path) -> str:
     report holds a ``best-config.json``, whose weights would otherwise share one folder), else the file's stem."""
     provenance = read_yaml_or_json(path, "config", ConfigError)
     provenance = provenance.get("provenance") if isinstance(provenance, dict) else None
-    if isinstance(provenance, dict) and isinstance(provenance.get("trial_number"), int):
-        try:
-            return f"{checked_study_name(str(provenance.get('study_name')))}-trial{provenance['trial_number']}"
-        except argparse.ArgumentTypeError:
-            pass  # a name that could not name a folder: the file's own
-    return path.stem
+    if not isinstance(provenance, dict) or not isinstance(provenance.get("trial_number"), int):
+        return path.stem
+    try:  # a winner's config.json names no study: its stem then
+        return f"{checked_study_name(str(provenance['study_name']))}-trial{provenance['trial_number']}"
+    except (KeyError, argparse.ArgumentTypeError):  # no study name, or one that could not name a folder
+        return path.stem
 
 
 def size_differences(a: TrainConfig, b: TrainConfig) -> list[str]:
     """How two configs differ in what sets the model's size and training budget rather than its hyperparameters."""
-    keys = ("widths", "stem_width", "epochs", "batch_size", "train_subset")
+    keys = ("widths", "stem_width", "epochs", "batch_size")  # not train_subset: the retrain sets it for both
     return [f"{k} ({getattr(a, k)} against {getattr(b, k)})" for k in keys if getattr(a, k) != getattr(b, k)]
 
 

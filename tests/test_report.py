@@ -360,6 +360,7 @@ def test_a_baseline_of_another_size_is_named_before_the_runs(tmp_path, tiny_data
     a, b = TINY_CONFIG, TINY_CONFIG.replace(lr=0.001, widths=(8, 8, 8), epochs=6)
     assert size_differences(a, b) == [f"widths ({a.widths} against (8, 8, 8))", f"epochs ({a.epochs} against 6)"]
     assert size_differences(a, a.replace(lr=0.5, momentum=0.8)) == []
+    assert size_differences(a, a.replace(train_subset=5000)) == []  # the retrain's --train-subset sets both
     (tmp_path / "a.json").write_text(a.to_json())
     (tmp_path / "b.json").write_text(b.to_json())
     monkeypatch.chdir(tmp_path)
@@ -818,6 +819,12 @@ def test_a_search_rerun_reuses_the_stored_retrain_only_when_it_covers_the_same_r
     assert all(f"retrain {c['label']}: test accuracy {c['text']}" in shown for c in stored["candidates"])
     assert all(f"retrain verdict: {c['verdict']}" in shown for c in stored["comparisons"])
     assert runs(reuse=False) == 6  # python -m hpo.retrain always trains
+    # A retrain stored before the weights folder was renamed from <study>-best: still reused.
+    (tmp_path / "cifar10-winner").rename(tmp_path / "cifar10-best")
+    legacy = study.user_attrs["retrain"] | {"weights": str(tmp_path / "cifar10-best" / "model.pt")}
+    study.set_user_attr("retrain", legacy)
+    assert runs() == 0
+    assert runs(reuse=False) == 6  # and trained anew, it saves into <study>-winner
     assert runs(data=relabelled) == 6 and runs() == 6  # other data, then back
     (tmp_path / "cifar10-winner" / "model.pt").unlink()
     assert runs() == 6  # the weights are gone
@@ -930,6 +937,9 @@ def test_an_exported_config_is_retrained_under_its_study_and_trial_not_its_file_
     unusable = {"config": TINY_CONFIG.to_dict(), "provenance": {"study_name": "../up", "trial_number": 1}}
     (tmp_path / "odd.json").write_text(json.dumps(unusable))
     assert config_name(tmp_path / "odd.json") == "odd"  # a name that cannot name a folder: the file's stem
+    winner = {"config": TINY_CONFIG.to_dict(), "provenance": {"label": "best (trial 3)", "trial_number": 3}}
+    (tmp_path / "config.json").write_text(json.dumps(winner))  # as save_weights writes it: no study name
+    assert config_name(tmp_path / "config.json") == "config"
     output = tmp_path / "r.json"
     args = ["--config", str(tmp_path / "reports" / "first" / "best-config.json"), "--seeds", "1", "--epochs", "1"]
     assert main([*args, "--data-dir", str(tiny_data_dir), "--device", "cpu", "--output", str(output)]) == 0
