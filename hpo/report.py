@@ -260,7 +260,8 @@ def retrain_blocks(record: dict | None) -> list[Block]:
         text = (
             f"Weights of the winner, {winner} (seed 0): `{record['weights']}`, its config in `config.json` beside them."
         )
-        if "winner" in record and winner != record["candidates"][0]["label"]:
+        best = record["candidates"][0]["label"]
+        if "winner" in record and winner != best and best.startswith("best (trial"):
             text += (
                 f" The winner is the candidate with the highest mean test accuracy, here not the search's best trial "
                 f"({record['candidates'][0]['label']}), whose config is `best-config.json`; see the verdicts for "

@@ -263,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time.perf_counter() - started
         devices = max(1, len(pool.gpus_used(workers)))  # on a CPU: the one
         record_run(study, started_at, seconds, devices, workers, gpu_utilisation, gpu_samples, args.timeout)
-        print_summary(study, settings, seconds, args.timeout)
+        ran_out = deadline is not None and time.time() >= deadline
+        print_summary(study, settings, seconds, args.timeout if ran_out else None)
         if not args.no_retrain:
             finish_pipeline(study, storage_url, data, device, args.retrain_seeds)
     return code
@@ -611,6 +612,7 @@ def record_run(
 
 
 def print_summary(study: optuna.Study, settings: Settings, seconds: float, timeout: float | None = None) -> None:
+    """The run's summary; ``timeout``: the --timeout that ran out, if it did."""
     trials = study.get_trials(deepcopy=False)
     counts = Counter(t.state.name for t in trials)
     finished = [t for t in trials if t.state in FINISHED]
@@ -626,8 +628,9 @@ def print_summary(study: optuna.Study, settings: Settings, seconds: float, timeo
         + ", ".join(f"{n} {s.lower()}" for s, n in sorted(counts.items()))
         + f"; this run {seconds:.0f}s from the loaded data to the last trial's end"
     )
-    if full and settings.pruner == "none" and epochs_run == full:
-        print(f"epochs run {epochs_run} (--pruner none: every trial ran all its epochs)")
+    if full and settings.pruner == "none":
+        short = "" if epochs_run == full else f"; {full - epochs_run} not run after a trial's loss diverged"
+        print(f"epochs run {epochs_run} of {full} (--pruner none: nothing pruned{short})")
     elif full:
         print(
             f"epochs run {epochs_run} of {full} without pruning: "

@@ -227,6 +227,11 @@ def test_the_report_says_when_the_saved_weights_are_not_the_best_trials(tmp_path
     assert f"Weights of the winner, {winner} (seed 0): `studies/cifar10-winner/model.pt`" in markdown
     explained = "here not the search's best trial (best (trial 6)), whose config is `best-config.json`" in markdown
     assert explained == (winner != "best (trial 6)")
+    # A --config/--baseline retrain stored in the study: its candidates are no trials of the search
+    for c, label in zip(candidates, ("config a", "baseline b")):
+        c["label"] = label
+    study.set_user_attr("retrain", record | {"candidates": candidates, "winner": "baseline b"})
+    assert "the search's best trial" not in write_report(study, tmp_path / "r2")
 
 
 def test_trials_csv_leaves_out_the_dashboards_artifact_columns():

@@ -78,6 +78,11 @@ def test_search_runs_exactly_n_trials_and_resumes(tiny_data_dir, tmp_path):
     kept = torch.load(checkpoints / "best-trial.pt", map_location="cpu", weights_only=True)
     assert kept["config"] == study.best_trial.user_attrs["config"]
     assert heartbeats(tmp_path / "s.db") > 0  # the default --heartbeat 30 records heartbeats
+    # Another host holds the last trial: without a heartbeat this run stops at once, and not for its --timeout.
+    study.ask()
+    held = run_search(*args, "--n-trials", "6", "--heartbeat", "0", "--timeout", "9999")
+    assert held.returncode == 0 and finished(url) == 5, held.stderr
+    assert "search stopped" not in held.stdout
 
 
 def test_resume_reuses_the_studys_settings_and_rejects_conflicts(tiny_data_dir, tmp_path):
@@ -711,8 +716,8 @@ def test_a_cpu_worker_takes_its_share_of_the_cores(tiny_data_dir, tmp_path, monk
 
 @pytest.mark.parametrize(
     ("pruner", "line"),
-    [("none", "epochs run 6 (--pruner none: every trial ran all its epochs)"),
-     ("hyperband", "epochs run 6 of 6 without pruning: pruning saved 0 (0%)")],
+    [("none", "epochs run 5 of 6 (--pruner none: nothing pruned; 1 not run after a trial's loss diverged)"),
+     ("hyperband", "epochs run 5 of 6 without pruning: pruning saved 1 (17%)")],
 )  # fmt: skip
 def test_the_summary_does_not_credit_a_search_without_a_pruner_with_pruning(capsys, pruner, line):
     from optuna.trial import create_trial
@@ -720,8 +725,9 @@ def test_the_summary_does_not_credit_a_search_without_a_pruner_with_pruning(caps
     from hpo.search import Settings, print_summary
 
     study = optuna.create_study(direction="maximize")
-    for value in (0.3, 0.4):
-        study.add_trial(create_trial(value=value, user_attrs={"epochs_run": 3}))
+    study.add_trial(create_trial(value=0.3, user_attrs={"epochs_run": 3}))
+    diverged = create_trial(state=TrialState.PRUNED, value=0.1, user_attrs={"epochs_run": 2}, intermediate_values={})
+    study.add_trial(diverged)  # a diverged trial is PRUNED, whatever the pruner
     settings = Settings(2, 3, (8, 8, 8), 0, 16, 0.1, 0, "tpe", pruner, {})
     print_summary(study, settings, 10.0)
     assert line in capsys.readouterr().out
