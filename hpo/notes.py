@@ -186,8 +186,7 @@ def upload_trial_artifacts(
     with tempfile.TemporaryDirectory(prefix="hpo-artifacts-") as tmp:
         acc, loss = attrs.get("val_acc_curve") or [], attrs.get("val_loss_curve") or []
         if acc or loss:
-            epochs = attrs.get("epochs_run", len(acc))
-            title = f"{study.study_name} trial {frozen.number} ({epochs} epoch{'s' if epochs != 1 else ''})"
+            title = f"{study.study_name} trial {frozen.number} ({counted(attrs.get('epochs_run', len(acc)), 'epoch')})"
             path = Path(tmp) / f"trial-{frozen.number}-{CURVE_SUFFIX}"
             if later is None:
                 ids.append(upload(plot_learning_curve(acc, loss, path, title)))
@@ -210,6 +209,11 @@ def _draw_into_store(artifact_store: Any, artifact_id: str, acc: list, loss: lis
                 artifact_store.write(artifact_id, f)
     except Exception as err:  # noqa: BLE001 - a plotting problem must not end the search
         warnings.warn(f"{title}: learning curve not drawn ({err})", stacklevel=1)
+
+
+def counted(n: int | None, noun: str) -> str:
+    """ "1 epoch", "3 epochs" (or "an unknown number of epochs")."""
+    return f"an unknown number of {noun}s" if n is None else f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def plot_learning_curve(val_acc: list[float], val_loss: list[float], path: Path, title: str = "") -> Path:

@@ -27,6 +27,7 @@ from optuna.trial import TrialState  # noqa: E402
 
 from hpo.config import TTA_NAMES  # noqa: E402
 from hpo.errors import ArgumentParser, HpoError, output_folder, run_cli  # noqa: E402
+from hpo.notes import counted  # noqa: E402
 from hpo.objective import RETRAIN_ATTR, RUN_ATTR, SETTINGS_ATTR  # noqa: E402
 from hpo.retrain import defaults_verdict, diverged_text  # noqa: E402
 from hpo.space import Choice, SearchSpace, SpaceError  # noqa: E402
@@ -63,7 +64,7 @@ def build_report(study: optuna.Study, out_dir: Path) -> list[Block]:
             (
                 "p",
                 f"Trial {best.number}: validation accuracy **{best.value:.4f}** "
-                f"after {epochs_text(best.user_attrs.get('epochs_run'))} "
+                f"after {counted(best.user_attrs.get('epochs_run'), 'epoch')} "
                 f"(test-time augmentation: {tta_name(best.user_attrs.get('config', {}))}).",
             ),
             (
@@ -157,8 +158,8 @@ def parameter_blocks(finished: list[optuna.trial.FrozenTrial]) -> list[Block]:
         blocks += [
             (
                 "p",
-                f"Numeric parameters over the {trials_text(len(complete))} (Spearman correlation with the final "
-                "validation accuracy; pruned trials, scored at an earlier epoch, are left out)"
+                f"Numeric parameters over the {counted(len(complete), 'completed trial')} (Spearman correlation with "
+                "the final validation accuracy; pruned trials, scored at an earlier epoch, are left out)"
                 f"{FEW_TRIALS if len(complete) < FEW else ''}:",
             ),
             ("table", described.round(4)),
@@ -203,7 +204,7 @@ def importance_blocks(study: optuna.Study, out_dir: Path) -> list[Block]:
         return [("p", "Not available yet: too few completed trials to compute importances.")]
     fixed = [n for n in names if n not in varied]
     lead = (
-        f"fANOVA over the {trials_text(len(complete))}"
+        f"fANOVA over the {counted(len(complete), 'completed trial')}"
         + (f" ({', '.join(fixed)}: one value in all of them, left out)" if fixed else "")
         + (FEW_TRIALS if len(complete) < FEW else "")
         + ":"
@@ -214,14 +215,6 @@ def importance_blocks(study: optuna.Study, out_dir: Path) -> list[Block]:
     ax.set_xlabel("fANOVA importance for validation accuracy")
     _save(fig, out_dir / "importances.png")
     return [("p", lead), ("table", table), ("img", "importances.png")]
-
-
-def epochs_text(n: int | None) -> str:
-    return f"{n} epoch{'s' if n != 1 else ''}" if n is not None else "an unknown number of epochs"
-
-
-def trials_text(n: int) -> str:
-    return f"{n} completed trial{'s' if n != 1 else ''}"
 
 
 def retrain_blocks(record: dict | None) -> list[Block]:
@@ -487,8 +480,17 @@ def trials_table(study: optuna.Study) -> pd.DataFrame:
     frame = study.trials_dataframe()
     frame = frame.drop(columns=[c for c in frame.columns if c.startswith("system_attrs_artifacts:")])
     for column in frame.columns:
-        frame[column] = frame[column].map(lambda v: json.dumps(v) if isinstance(v, (dict, list, tuple)) else v)
+        frame[column] = frame[column].map(lambda v: json.dumps(_finite(v)) if isinstance(v, (dict, list, tuple)) else v)
     return frame
+
+
+def _finite(value: Any) -> Any:
+    """``value`` with NaN and infinities (a diverged curve) as None: strict JSON has no NaN."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return None if isinstance(value, float) and not math.isfinite(value) else value
 
 
 def write_report(study: optuna.Study, out_dir: Path) -> str:

@@ -241,11 +241,13 @@ def test_trials_csv_leaves_out_the_dashboards_artifact_columns():
     trial = study.ask()
     study._storage.set_trial_system_attr(trial._trial_id, "artifacts:1234", {"filename": "curve.png"})
     trial.set_user_attr("val_acc_curve", [0.25, 0.5])
+    trial.set_user_attr("val_loss_curve", [2.0, float("nan")])  # a diverged epoch
     study.tell(trial, 0.5)
     frame = trials_table(study)
     assert "system_attrs_artifacts:1234" in study.trials_dataframe().columns
     assert not [c for c in frame.columns if c.startswith("system_attrs_artifacts")]
     assert frame.user_attrs_val_acc_curve[0] == "[0.25, 0.5]"
+    assert json.loads(frame.user_attrs_val_loss_curve[0], parse_constant=pytest.fail) == [2.0, None]  # strict JSON
 
 
 def test_accounting_counts_pruning_savings(tmp_path):

@@ -733,11 +733,13 @@ def test_the_summary_does_not_credit_a_search_without_a_pruner_with_pruning(caps
     assert line in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("module", ["search", "report", "export", "bench", "dashboard", "retrain", "train"])
+@pytest.mark.parametrize("module", ["search", "report", "export", "dashboard"])
 def test_help_shows_plain_text_not_docstring_markup(module, capsys):
     import importlib
 
+    command = importlib.import_module(f"hpo.{module}")
+    assert "``" in command.__doc__.splitlines()[0]  # the description --help takes from it has the markup
     with pytest.raises(SystemExit) as exit_info:
-        importlib.import_module(f"hpo.{module}").main(["--help"])
+        command.main(["--help"])
     assert exit_info.value.code == 0
     assert "``" not in capsys.readouterr().out

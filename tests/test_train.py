@@ -181,6 +181,8 @@ def test_a_gpu_index_that_is_not_visible_is_a_user_error(monkeypatch):
     assert resolve_device("cpu") == torch.device("cpu")
     with pytest.raises(HpoError, match="^--device cuda:: no such GPU"):
         resolve_device("cuda:")
+    with pytest.raises(HpoError, match="^--device cuda:²: no such GPU"):  # a digit to isdigit(), not to int()
+        resolve_device("cuda:²")
 
 
 def test_cli_trains_a_config_file(tiny_data_dir, tmp_path):
