@@ -246,8 +246,8 @@ def retrain_blocks(record: dict | None) -> list[Block]:
         blocks.append(("p", diverged))
     comparisons = record.get("comparisons") or ([{"verdict": record["verdict"]}] if "verdict" in record else [])
     blocks += [("p", f"**Verdict:** {c['verdict']}.") for c in comparisons]
-    if defaults_verdict(record):
-        blocks.append(("p", f"**Did the search beat the defaults?** {defaults_verdict(record)}"))
+    if answer := defaults_verdict(record):
+        blocks.append(("p", f"**Did the search beat the defaults?** {answer}"))
     if record.get("weights"):
         winner = record.get("winner", "the highest mean")
         text = (
@@ -257,7 +257,7 @@ def retrain_blocks(record: dict | None) -> list[Block]:
         if "winner" in record and winner != best and best.startswith("best (trial"):
             text += (
                 f" The winner is the candidate with the highest mean test accuracy, here not the search's best trial "
-                f"({record['candidates'][0]['label']}), whose config is `best-config.json`; see the verdicts for "
+                f"({best}), whose config is `best-config.json`; see the verdicts for "
                 "whether the difference is significant."
             )
         blocks.append(("p", text))

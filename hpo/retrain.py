@@ -80,7 +80,7 @@ def retrain(
             if seed == 0:
                 first_models.append((state, config))
         summary = summarize(accuracies)
-        print(f"retrain {cand.label}: test accuracy {summary}", flush=True)
+        print(summary_line(cand.label, str(summary)), flush=True)
         results.append(
             {
                 "label": cand.label,
@@ -108,7 +108,7 @@ def retrain(
         comparison = welch(results[0]["test_acc"], other["test_acc"])
         verdict = comparison.verdict(results[0]["label"], other["label"])
         record["comparisons"].append({"against": other["label"], **comparison.to_dict(), "verdict": verdict})
-        print(f"retrain verdict: {verdict}", flush=True)
+        print(verdict_line(verdict), flush=True)
     if record["comparisons"]:
         record["comparison"] = {k: v for k, v in record["comparisons"][0].items() if k not in ("against", "verdict")}
         record["verdict"] = record["comparisons"][0]["verdict"]
@@ -185,6 +185,14 @@ def study_candidates(study: optuna.Study) -> list[Candidate]:
     return candidates
 
 
+def summary_line(label: str, summary: str) -> str:
+    return f"retrain {label}: test accuracy {summary}"
+
+
+def verdict_line(verdict: str) -> str:
+    return f"retrain verdict: {verdict}"
+
+
 def defaults_verdict(record: dict) -> str | None:
     """Did the search beat the trainer's defaults (the recipe)? In words, from the retrain's test of the search's
     best trial against the recipe (or, when the best trial is the recipe, of the runner-up against it): "Yes" when
@@ -243,9 +251,9 @@ def retrain_study(
             flush=True,
         )
         for c in stored["candidates"]:
-            print(f"retrain {c['label']}: test accuracy {c['text']}", flush=True)
+            print(summary_line(c["label"], c["text"]), flush=True)
         for c in stored.get("comparisons", []):
-            print(f"retrain verdict: {c['verdict']}", flush=True)
+            print(verdict_line(c["verdict"]), flush=True)
         return stored
     jobs = cpu_jobs(device, candidates, data) if jobs is None else jobs
     record = retrain(candidates, data, device, n_seeds, weights, jobs=jobs)
@@ -323,8 +331,8 @@ def retrain_markdown(record: dict) -> str:
         lines += ["", diverged]
     comparisons = record.get("comparisons") or ([{"verdict": record["verdict"]}] if "verdict" in record else [])
     lines += [""] + [f"Verdict: {c['verdict']}." for c in comparisons]
-    if defaults_verdict(record):
-        lines += ["", f"Did the search beat the defaults? {defaults_verdict(record)}"]
+    if answer := defaults_verdict(record):
+        lines += ["", f"Did the search beat the defaults? {answer}"]
     if record.get("weights"):
         winner = record.get("winner", "the winner")
         lines += ["", f"Weights of the winner, {winner} (seed 0): `{record['weights']}` (also a study artifact)."]
@@ -382,10 +390,11 @@ def main(argv: list[str] | None = None) -> int:
         url = args.storage or default_storage_url(name)
         study = load_existing_study(name, url, writable=True)  # the result is stored in it: refuse now, not after
     if args.config:
-        candidates = [Candidate(f"config {config_name(args.config)}", load_config(args.config))]
+        name = config_name(args.config)
+        candidates = [Candidate(f"config {name}", load_config(args.config))]
         if args.baseline:
             candidates.append(Candidate(f"baseline {config_name(args.baseline)}", load_config(args.baseline)))
-        weights = (files_dir(url) if study else Path("studies")) / f"{config_name(args.config)}-retrain"
+        weights = (files_dir(url) if study else Path("studies")) / f"{name}-retrain"
     else:
         candidates = study_candidates(study)
         weights = winner_folder(files_dir(url), study.study_name)

@@ -103,10 +103,11 @@ def resolve_device(name: str) -> torch.device:
         raise HpoError(f"unknown device {name!r}: use auto, cpu or cuda")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise HpoError(f"--device {name} was requested but no CUDA GPU is available: use --device cpu or auto")
-    index, count = name.partition(":")[2], torch.cuda.device_count() if name.startswith("cuda:") else 0
-    if name.startswith("cuda:") and not (index.isdecimal() and int(index) < count):
-        valid = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
-        raise HpoError(f"--device {name}: no such GPU; {count} visible, so use {valid} (or cuda)")
+    if name.startswith("cuda:"):
+        index, count = name.removeprefix("cuda:"), torch.cuda.device_count()
+        if not (index.isdecimal() and int(index) < count):
+            valid = "cuda:0" if count == 1 else f"cuda:0 to cuda:{count - 1}"
+            raise HpoError(f"--device {name}: no such GPU; {count} visible, so use {valid} (or cuda)")
     return torch.device(name)
 
 
