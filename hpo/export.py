@@ -21,7 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from hpo.config import TrainConfig
 from hpo.errors import ArgumentParser, HpoError, run_cli, write_output
-from hpo.objective import SETTINGS_ATTR
+from hpo.records import SETTINGS_ATTR
 from hpo.storage import checked_study_name, default_storage_url, load_existing_study, redact
 
 PACKAGES = ("hpo", "torch", "torchvision", "optuna", "optuna-dashboard", "pandas")

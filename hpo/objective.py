@@ -29,9 +29,6 @@ from hpo.space import SearchSpace
 from hpo.train import EpochStats, TrainResult, train
 
 OBJECTIVE_NAME = "validation accuracy"
-SETTINGS_ATTR = "hpo_settings"  # study user attribute holding the search settings
-RETRAIN_ATTR = "retrain"  # study user attribute holding the retrain result
-RUN_ATTR = "last_run"  # study user attribute: the last search run's accounting (hpo.search.record_run)
 CHECKPOINT_EVERY_S = 30.0  # a trial's checkpoint is written at most this often (and at its end, and on interrupt)
 
 

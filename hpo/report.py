@@ -28,8 +28,7 @@ from optuna.trial import TrialState  # noqa: E402
 from hpo.config import TTA_NAMES  # noqa: E402
 from hpo.errors import ArgumentParser, HpoError, output_folder, run_cli  # noqa: E402
 from hpo.notes import counted  # noqa: E402
-from hpo.objective import RETRAIN_ATTR, RUN_ATTR, SETTINGS_ATTR  # noqa: E402
-from hpo.retrain import defaults_verdict, diverged_text  # noqa: E402
+from hpo.records import RETRAIN_ATTR, RUN_ATTR, SETTINGS_ATTR, defaults_verdict, diverged_text  # noqa: E402
 from hpo.space import Choice, SearchSpace, SpaceError  # noqa: E402
 from hpo.storage import checked_study_name, default_storage_url, load_existing_study  # noqa: E402
 

@@ -26,8 +26,8 @@ from hpo.data import Cifar10, content_digest, load_cifar10
 from hpo.errors import ArgumentParser, HpoError, output_file, run_cli, write_output
 from hpo.export import ranked_trials, trial_config
 from hpo.notes import artifact_store_for, set_retrain_section
-from hpo.objective import RETRAIN_ATTR, SETTINGS_ATTR
 from hpo.parallel import map_in_processes
+from hpo.records import IS_RECIPE, RETRAIN_ATTR, SETTINGS_ATTR, defaults_verdict, diverged_text
 from hpo.stats import summarize, welch
 from hpo.storage import checked_study_name, default_storage_url, files_dir, load_existing_study
 from hpo.train import cpu_cores, resolve_device, train
@@ -164,9 +164,6 @@ def save_weights(folder: Path, state: dict[str, torch.Tensor], config: TrainConf
     (folder / "config.json").write_text(json.dumps(doc, indent=2) + "\n")
 
 
-IS_RECIPE = ", the recipe"  # appended to a best/runner-up label whose config is the recipe's
-
-
 def study_candidates(study: optuna.Study) -> list[Candidate]:
     """Best and runner-up, then the recipe at the search's size (the trainer's defaults: what a user starts from)
     unless one of the two is the recipe already."""
@@ -191,33 +188,6 @@ def summary_line(label: str, summary: str) -> str:
 
 def verdict_line(verdict: str) -> str:
     return f"retrain verdict: {verdict}"
-
-
-def defaults_verdict(record: dict) -> str | None:
-    """Did the search beat the trainer's defaults (the recipe)? In words, from the retrain's test of the search's
-    best trial against the recipe (or, when the best trial is the recipe, of the runner-up against it): "Yes" when
-    the search's config retrained significantly better, "No" when the recipe did, "Not shown" when the test cannot
-    tell them apart (which is no evidence that they are equal), "Cannot tell" without a test (one run, no variance).
-    """
-    comparisons = record.get("comparisons", [])
-    if record["candidates"][0]["label"].endswith(f"{IS_RECIPE})"):
-        # The validation-best is the recipe: the search found something better only if the runner-up retrained so.
-        if not comparisons:
-            return "No: the best trial is the recipe itself (the trainer's defaults)."
-        c, sign = comparisons[0], -1  # best (the recipe) vs the runner-up
-        prefix = "the best trial by validation accuracy is the recipe itself; retrained, "
-    else:
-        versus = [c for c in comparisons if c["against"] == RECIPE_LABEL or c["against"].endswith(f"{IS_RECIPE})")]
-        if not versus:
-            return None
-        c, sign, prefix = versus[0], 1, ""
-    if math.isnan(c.get("p_value", 0.0)):
-        answer = "Cannot tell"  # too few runs or no variance
-    elif c["significant"]:
-        answer = "Yes" if sign * c["difference"] > 0 else "No"
-    else:
-        answer = "Not shown"
-    return f"{answer}: {prefix}{c['verdict']}."
 
 
 def study_recipe(study: optuna.Study) -> TrainConfig | None:
@@ -337,14 +307,6 @@ def retrain_markdown(record: dict) -> str:
         winner = record.get("winner", "the winner")
         lines += ["", f"Weights of the winner, {winner} (seed 0): `{record['weights']}` (also a study artifact)."]
     return "\n".join(lines)
-
-
-def diverged_text(record: dict) -> str:
-    """A sentence naming the runs whose training loss diverged, or "" when none did."""
-    runs = [f"{c['label']} seed {seed}" for c in record["candidates"] for seed in c.get("diverged_seeds", [])]
-    if not runs:
-        return ""
-    return f"Diverged (training loss became NaN/inf; each scored on the model it left): {', '.join(runs)}."
 
 
 def main(argv: list[str] | None = None) -> int:

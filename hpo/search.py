@@ -29,9 +29,10 @@ from hpo.data import Split, copies_of, load_cifar10, train_val_split
 from hpo.errors import ArgumentParser, HpoError, run_cli
 from hpo.export import dump, export_document, ranked_trials
 from hpo.notes import artifact_store_for, write_study_note
-from hpo.objective import CHECKPOINT_EVERY_S, OBJECTIVE_NAME, RUN_ATTR, SETTINGS_ATTR, Objective
+from hpo.objective import CHECKPOINT_EVERY_S, OBJECTIVE_NAME, Objective
 from hpo.packing import choose_trials_per_gpu, data_bytes, measure_trial_peak
 from hpo.parallel import die_with_parent
+from hpo.records import RUN_ATTR, SETTINGS_ATTR
 from hpo.space import Choice, SearchSpace, SpaceError
 from hpo.storage import (
     checked_study_name,

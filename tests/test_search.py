@@ -42,6 +42,14 @@ def test_search_start_up_imports_no_report_libraries():
     assert proc.stdout.split() == []
 
 
+@pytest.mark.parametrize("module", ["hpo.export", "hpo.report", "hpo.dashboard"])
+def test_commands_that_only_read_a_study_do_not_import_torch(module):
+    # torch takes about 2.5 s of a 2-core machine's start-up; exporting a config or writing a report needs none of it.
+    code = f"import sys, {module}; print('torch' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert proc.stdout.strip() == "False"
+
+
 def test_a_tiled_training_set_gets_a_warning_that_validation_repeats_it(tmp_path):
     # Every batch the same 20 images, as when a small set is tiled up to full size: each validation image is also
     # a training image, so validation accuracy measures memorising.
