@@ -127,7 +127,7 @@ MIN_PARALLEL_WORK = 5000
 
 def cpu_jobs(device: torch.device, candidates: list[Candidate], data: Cifar10, train_subset: int = 0) -> int:
     """Runs to train at once: one single-threaded process per core on a CPU (two one-thread runs on 2 cores train
-    ~1.6x as many images per second as one two-thread run, whose small convolutions scale poorly); 1 on a GPU,
+    1.1-1.6x as many images per second as one two-thread run, whose small convolutions scale poorly); 1 on a GPU,
     and 1 for runs too small to pay for a process."""
     if device.type != "cpu" or not candidates:
         return 1
