@@ -117,7 +117,8 @@ def retrain(
     record["winner"] = results[winner]["label"]
     if weights_dir is not None:
         save_weights(weights_dir, *first_models[winner], candidates[winner])
-        print(f"retrain: seed-0 weights of the winner, {record['winner']}, in {weights_dir}", flush=True)
+        whose = record["winner"] if len(results) == 1 else f"the winner, {record['winner']},"
+        print(f"retrain: seed-0 weights of {whose} in {weights_dir}", flush=True)
     return record
 
 
@@ -374,7 +375,6 @@ def main(argv: list[str] | None = None) -> int:
     if study is not None:
         store_result(study, record, files_dir(url))
         print(f"stored in study {study.study_name!r} (user attribute {RETRAIN_ATTR!r})")
-    print(f"weights: {record['weights']}")
     if args.output:
         write_output(args.output, json.dumps(record, indent=2) + "\n", "--output")
     return 0

@@ -358,6 +358,7 @@ def test_retrain_config_against_baseline_stores_result(tmp_path, tiny_data_dir):
     stored = optuna.load_study(study_name="cifar10", storage=url).user_attrs["retrain"]
     assert stored["candidates"][0]["test_acc"] == record["candidates"][0]["test_acc"]
     assert (tmp_path / "a-retrain" / "model.pt").is_file()  # beside the study file
+    assert proc.stdout.count("a-retrain") == 1  # where the weights went, said once
     assert "note: --config and --baseline differ" not in proc.stdout  # the same size: hyperparameters only
 
 
