@@ -91,17 +91,47 @@ class Settings:
 
 
 def build_parser() -> ArgumentParser:
-    p = ArgumentParser(prog="python -m hpo.search", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", type=checked_study_name, default="cifar10")
+    p = ArgumentParser(
+        prog="python -m hpo.search",
+        description=__doc__.splitlines()[0],
+        epilog="Run the same command again to continue a study: the options left out of it (--n-trials, --epochs, "
+        "--widths, --train-subset, --batch-size, --val-fraction, --space, --seed, --sampler, --pruner) then take the "
+        "values the study was started with; the defaults above are a new study's.",
+    )
+    g, c = GPU_DEFAULTS, CPU_DEFAULTS
+
+    def new_study(key: str, show: Any = str) -> str:
+        return f"(default {show(g[key])} on a GPU, {show(c[key])} on a CPU)"
+
+    p.add_argument(
+        "--study-name",
+        type=checked_study_name,
+        default="cifar10",
+        help="study name; it also names files (default cifar10)",
+    )
     p.add_argument("--storage", help="Optuna storage URL (default: sqlite:///studies/<study-name>.db)")
-    p.add_argument("--n-trials", type=int, help="finished trials the study should have in total")
+    p.add_argument(
+        "--n-trials", type=int, help=f"finished trials the study should have in total {new_study('n_trials')}"
+    )
     p.add_argument(
         "--timeout", type=float, help="wall-clock budget of the search in seconds: running trials stop at an epoch end"
     )
-    p.add_argument("--epochs", type=int, help="max epochs per trial (the pruning resource)")
-    p.add_argument("--widths", type=int, nargs=3, metavar="W", help="model widths of the three conv groups")
-    p.add_argument("--train-subset", type=int, help="train on only this many images (0 = all)")
-    p.add_argument("--batch-size", type=int, help="batch size when the space does not sample it")
+    p.add_argument("--epochs", type=int, help=f"max epochs per trial, the pruning resource {new_study('epochs')}")
+    p.add_argument(
+        "--widths",
+        type=int,
+        nargs=3,
+        metavar="W",
+        help=f"model widths of the three conv groups {new_study('widths', lambda w: '/'.join(map(str, w)))}",
+    )
+    p.add_argument(
+        "--train-subset",
+        type=int,
+        help=f"train on only this many images, 0 = all {new_study('train_subset', lambda n: n or 'all')}",
+    )
+    p.add_argument(
+        "--batch-size", type=int, help=f"batch size when the space does not sample it {new_study('batch_size')}"
+    )
     p.add_argument("--val-fraction", type=float, help="validation share of the training set (default 0.1)")
     p.add_argument("--space", type=Path, help="YAML/JSON file changing the search space")
     p.add_argument(
@@ -119,7 +149,7 @@ def build_parser() -> ArgumentParser:
     p.add_argument("--pruner", choices=PRUNERS, help="default hyperband")
     p.add_argument("--seed", type=int, help="study seed (default 0)")
     p.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default data/)")
-    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"))
+    p.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="default auto: cuda if available")
     p.add_argument("--workers", type=int, help="worker processes on this machine (default 1; see --trials-per-gpu)")
     p.add_argument(
         "--trials-per-gpu",
@@ -134,7 +164,12 @@ def build_parser() -> ArgumentParser:
         metavar="S",
         help=f"write a trial's checkpoint at most every S seconds (default {CHECKPOINT_EVERY_S:g}; 0 = every epoch)",
     )
-    p.add_argument("--heartbeat", type=int, default=30, help="heartbeat seconds; a dead worker's trial is retried")
+    p.add_argument(
+        "--heartbeat",
+        type=int,
+        default=30,
+        help="heartbeat seconds on database storages, 0 = off (default 30); a dead worker's trial is retried",
+    )
     p.add_argument("--no-retrain", action="store_true", help="skip retraining the best config and the report")
     p.add_argument("--retrain-seeds", type=int, help="seeds per retrained config (default 5)")
     p.add_argument("--worker-id", type=int, help=argparse.SUPPRESS)  # set on the processes --workers starts

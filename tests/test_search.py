@@ -751,3 +751,17 @@ def test_help_shows_plain_text_not_docstring_markup(module, capsys):
         command.main(["--help"])
     assert exit_info.value.code == 0
     assert "``" not in capsys.readouterr().out
+
+
+def test_help_gives_each_devices_defaults_and_the_resume_rule(capsys):
+    from hpo.search import CPU_DEFAULTS, GPU_DEFAULTS, main
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for option, key in (("--n-trials", "n_trials"), ("--epochs", "epochs"), ("--batch-size", "batch_size")):
+        assert f"{option} " in text and f"(default {GPU_DEFAULTS[key]} on a GPU, {CPU_DEFAULTS[key]} on a CPU)" in text
+    assert (
+        "(default 64/256/256 on a GPU, 32/64/128 on a CPU)" in text and "(default all on a GPU, 5000 on a CPU)" in text
+    )
+    assert "take the values the study was started with" in text
