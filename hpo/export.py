@@ -78,12 +78,12 @@ def dump(document: dict[str, Any], fmt: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m hpo.export", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", type=checked_study_name, default="cifar10")
+    p.add_argument("--study-name", type=checked_study_name, default="cifar10", help="default cifar10")
     p.add_argument("--storage", help="default: sqlite:///studies/<study-name>.db")
     which = p.add_mutually_exclusive_group()
     which.add_argument("--trial", type=int, help="export this trial number instead of the best")
     which.add_argument("--top-k", type=int, help="export the k best completed trials, one file each")
-    p.add_argument("--format", choices=("json", "yaml"), default="json")
+    p.add_argument("--format", choices=("json", "yaml"), default="json", help="default json")
     p.add_argument("--output", help="file (or folder with --top-k); '-' prints; default studies/<study>-<trial>.<fmt>")
     args = p.parse_args(argv)
 

@@ -505,7 +505,7 @@ def write_report(study: optuna.Study, out_dir: Path) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = ArgumentParser(prog="python -m hpo.report", description=__doc__.splitlines()[0])
-    p.add_argument("--study-name", type=checked_study_name, default="cifar10")
+    p.add_argument("--study-name", type=checked_study_name, default="cifar10", help="default cifar10")
     p.add_argument("--storage", help="default: sqlite:///studies/<study-name>.db")
     p.add_argument("--output-dir", type=Path, help="default reports/<study-name>/")
     args = p.parse_args(argv)

@@ -420,11 +420,15 @@ def parse_overrides(pairs: list[str]) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = ArgumentParser(prog="python -m hpo.train", description="Train one config on CIFAR-10.")
-    parser.add_argument("--config", type=Path, help="JSON/YAML config (or an exported file); default: built-in")
+    parser.add_argument(
+        "--config", type=Path, help="JSON/YAML config (or an exported file); default: airbench94's recipe"
+    )
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override a config value")
     parser.add_argument("--data-dir", default="data", help="folder holding cifar-10-batches-py (default: data)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    parser.add_argument("--val-fraction", type=float, default=0.1, help="validation share of the train set")
+    parser.add_argument(
+        "--val-fraction", type=float, default=0.1, help="validation share of the train set (default 0.1)"
+    )
     parser.add_argument("--output", type=Path, help="also write the result as JSON here")
     args = parser.parse_args(argv)
     if args.output:
