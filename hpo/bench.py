@@ -272,18 +272,24 @@ def ablation_benchmark(args, device: torch.device) -> None:
 
 
 def run_variants(
-    variants: dict[str, dict], base: TrainConfig, data: Cifar10, device: torch.device, seeds: int
+    variants: dict[str, dict],
+    base: TrainConfig,
+    data: Cifar10,
+    device: torch.device,
+    seeds: int,
+    on_test: bool = False,
 ) -> list[dict]:
     """Each variant (space values over ``base``, as a space file fixes them) trained like a trial: on the search's
-    training split, scored on its validation split; seeds 0..seeds-1, seeds the outer loop."""
-    train_split, val_split = train_val_split(data.train, 0.1, seed=0)
+    training split, scored on its validation split; ``on_test``: on the whole training set, scored on the test set
+    (the ablation's protocol). Seeds 0..seeds-1, seeds the outer loop."""
+    train_split, val_split = (data.train, data.test) if on_test else train_val_split(data.train, 0.1, seed=0)
     configs = {label: SearchSpace.to_config(values or {}, base) for label, values in variants.items()}
     accuracies: dict[str, list[float]] = {label: [] for label in configs}
     for seed in range(seeds):
         for label, config in configs.items():
             result = train(config.replace(seed=seed), train_split, val_split, device)
             accuracies[label].append(result.val_acc)
-            print(f"  seed {seed}  {label:<30} val {result.val_acc:.4f}", flush=True)
+            print(f"  seed {seed}  {label:<30} {'test' if on_test else 'val'} {result.val_acc:.4f}", flush=True)
     first = summarize(accuracies[next(iter(configs))]).mean
     return [
         {"variant": label, "val_acc": summarize(accs), "runs": accs, "difference": summarize(accs).mean - first}
@@ -312,13 +318,20 @@ def variants_benchmark(args, device: torch.device) -> None:
             SearchSpace.to_config(values or {}, base)
         except (HpoError, TypeError) as err:
             raise HpoError(f"{path}: variant {label!r}: {err}") from None
+    data = load_cifar10(args.data_dir)
     print(
         f"variants on {device}: {len(variants)} x {args.seeds} seeds at widths {'/'.join(map(str, base.widths))}, "
-        f"batch {base.batch_size}, {base.epochs} epochs; validation accuracy on the search's split",
+        f"batch {base.batch_size}, {base.epochs} epochs; "
+        + (
+            f"trained on {len(data.train.first(base.train_subset))} training images, test accuracy on {len(data.test)}"
+            if args.test
+            else "validation accuracy on the search's split"
+        ),
         flush=True,
     )
-    table = run_variants(variants, base, load_cifar10(args.data_dir), device, args.seeds)
-    print(f"\n| variant | val acc (mean ± 95 % CI) | runs | vs {table[0]['variant']} |")
+    table = run_variants(variants, base, data, device, args.seeds, on_test=args.test)
+    scored = "test acc" if args.test else "val acc"
+    print(f"\n| variant | {scored} (mean ± 95 % CI) | runs | vs {table[0]['variant']} |")
     print("|---|---|---|--:|")
     for row in table:
         acc = row["val_acc"]
@@ -338,6 +351,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--seeds", type=int, default=3, help="runs per ablation row / studies per strategy (3)")
     parser.add_argument("--ends-only", action="store_true", help="--ablation: only the all-on and all-off rows")
+    parser.add_argument(
+        "--test",
+        action="store_true",
+        help="--variants: train on all training images, score on the test set (as --ablation does), not as a trial",
+    )
     parser.add_argument(
         "--epochs", type=int, help="default: 3 (pipeline); --ablation: 8 on CPU, 10 on GPU; --packing: 2 / 10"
     )
@@ -398,6 +416,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) and not args.search:
             flag = "--" + name.replace("_", "-")
             raise HpoError(f"{flag} is for --search: pass both, or leave {flag} out")
+    if args.test and not args.variants:
+        raise HpoError("--test is for --variants: pass both, or leave --test out")
     if any(k < 1 for k in args.k or []):
         raise HpoError(f"--k values must be at least 1, got {args.k}")
 

@@ -12,7 +12,7 @@ import torch
 from hpo.augment import POLICIES
 from hpo.bench import ALL_OFF, ALL_ON, main, run_ablation
 from hpo.config import COMPONENTS_OFF, TrainConfig
-from hpo.data import load_cifar10
+from hpo.data import load_cifar10, train_val_split
 from tests.conftest import refusal
 
 TINY_FLAGS = ["--widths", "8", "16", "16", "--batch-size", "16", "--device", "cpu"]
@@ -132,6 +132,34 @@ def test_variants_use_the_space_units_over_the_base(tiny_data_dir, monkeypatch):
     assert seen[1].epochs == 1 and seen[1].widths == (8, 16, 16)
 
 
+def test_variants_on_test_train_on_the_whole_training_set_and_score_the_test_set(
+    tiny_data_dir, tmp_path, monkeypatch, capsys
+):
+    import hpo.bench
+
+    data = load_cifar10(tiny_data_dir, download=False)
+    seen, real_train = [], hpo.bench.train
+
+    def spy(config, train_data, eval_data, *args, **kwargs):
+        seen.append((len(train_data), len(eval_data)))
+        return real_train(config, train_data, eval_data, *args, **kwargs)
+
+    monkeypatch.setattr(hpo.bench, "train", spy)
+    base = TrainConfig.recipe(batch_size=16, epochs=1, widths=(8, 16, 16))
+    hpo.bench.run_variants({"a": {}}, base, data, torch.device("cpu"), 1)
+    hpo.bench.run_variants({"a": {}}, base, data, torch.device("cpu"), 1, on_test=True)
+    n_val = len(train_val_split(data.train, 0.1, seed=0)[1])
+    assert seen == [(len(data.train) - n_val, n_val), (len(data.train), len(data.test))]
+    capsys.readouterr()
+    (tmp_path / "v.yaml").write_text("recipe: {}\n")
+    args = ["--variants", str(tmp_path / "v.yaml"), "--test", "--data-dir", str(tiny_data_dir), "--seeds", "1"]
+    assert main([*args, *TINY_FLAGS]) == 0
+    out = capsys.readouterr().out
+    assert f"test accuracy on {len(data.test)}" in out and "| variant | test acc (mean ± 95 % CI) |" in out
+    line = refusal(main, ["--ablation", "--test", "--data-dir", str(tiny_data_dir)], capsys)
+    assert "--test is for --variants" in line
+
+
 def test_a_bad_variants_file_is_one_line(tiny_data_dir, tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("recipe: {}\nwrong: {lr_decoupled: -3}\n")
@@ -154,7 +182,8 @@ def test_a_variants_file_that_is_not_text_is_one_line(tmp_path, capsys):
     assert "v.json: expected label: {parameter: value, ...} entries" in line
 
 
-def test_the_shipped_space_probes_are_valid_variants():
+@pytest.mark.parametrize("name", ["space-probes.yaml", "cpu-lr-probes.yaml"])
+def test_the_shipped_probes_are_valid_variants(name):
     from pathlib import Path
 
     import yaml
@@ -162,10 +191,14 @@ def test_the_shipped_space_probes_are_valid_variants():
     from hpo.search import CPU_DEFAULTS
     from hpo.space import SearchSpace
 
-    probes = yaml.safe_load((Path(__file__).parents[1] / "examples" / "space-probes.yaml").read_text())
+    probes = yaml.safe_load((Path(__file__).parents[1] / "examples" / name).read_text())
     base = TrainConfig.recipe(**{k: CPU_DEFAULTS[k] for k in ("epochs", "widths", "train_subset", "batch_size")})
     configs = {label: SearchSpace.to_config(values, base) for label, values in probes.items()}
     assert configs["recipe"].matches(base) and len({c.to_json() for c in configs.values()}) == len(configs)
+    if name == "cpu-lr-probes.yaml":  # the row the file says keeps batch 1024's SGD lr and wd per step
+        (per_step,) = [c for label, c in configs.items() if "per step" in label]
+        default = TrainConfig()
+        assert per_step.lr == pytest.approx(default.lr) and per_step.weight_decay == pytest.approx(default.weight_decay)
 
 
 def test_packing_benchmark_runs_the_search_with_each_k(tiny_data_dir, capsys):
