@@ -182,7 +182,7 @@ def test_a_variants_file_that_is_not_text_is_one_line(tmp_path, capsys):
     assert "v.json: expected label: {parameter: value, ...} entries" in line
 
 
-@pytest.mark.parametrize("name", ["space-probes.yaml", "cpu-lr-probes.yaml"])
+@pytest.mark.parametrize("name", ["space-probes.yaml", "cpu-lr-probes.yaml", "cpu-lr-vs-search.yaml"])
 def test_the_shipped_probes_are_valid_variants(name):
     from pathlib import Path
 
