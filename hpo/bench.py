@@ -278,11 +278,14 @@ def run_variants(
     device: torch.device,
     seeds: int,
     on_test: bool = False,
+    tile_to: int = 0,
 ) -> list[dict]:
     """Each variant (space values over ``base``, as a space file fixes them) trained like a trial: on the search's
     training split, scored on its validation split; ``on_test``: on the whole training set, scored on the test set
-    (the ablation's protocol). Seeds 0..seeds-1, seeds the outer loop."""
+    (the ablation's protocol). Training images repeated up to ``tile_to`` after the split, so none is validated on.
+    Seeds 0..seeds-1, seeds the outer loop."""
     train_split, val_split = (data.train, data.test) if on_test else train_val_split(data.train, 0.1, seed=0)
+    train_split = tile(train_split, tile_to)
     configs = {label: SearchSpace.to_config(values or {}, base) for label, values in variants.items()}
     accuracies: dict[str, list[float]] = {label: [] for label in configs}
     for seed in range(seeds):
@@ -311,7 +314,7 @@ def variants_benchmark(args, device: torch.device) -> None:
         epochs=args.epochs or cpu["epochs"],
         widths=tuple(args.widths or cpu["widths"]),
         batch_size=args.batch_size or cpu["batch_size"],
-        train_subset=args.train_subset if args.train_subset is not None else cpu["train_subset"],
+        train_subset=args.train_subset if args.train_subset is not None else 0 if args.tile_to else cpu["train_subset"],
     )
     for label, values in variants.items():
         try:
@@ -329,7 +332,9 @@ def variants_benchmark(args, device: torch.device) -> None:
         ),
         flush=True,
     )
-    table = run_variants(variants, base, data, device, args.seeds, on_test=args.test)
+    if args.tile_to:
+        print(f"training images repeated up to {args.tile_to} (--tile-to)", flush=True)
+    table = run_variants(variants, base, data, device, args.seeds, on_test=args.test, tile_to=args.tile_to)
     scored = "test acc" if args.test else "val acc"
     print(f"\n| variant | {scored} (mean ± 95 % CI) | runs | vs {table[0]['variant']} |")
     print("|---|---|---|--:|")

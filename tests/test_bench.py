@@ -148,8 +148,9 @@ def test_variants_on_test_train_on_the_whole_training_set_and_score_the_test_set
     base = TrainConfig.recipe(batch_size=16, epochs=1, widths=(8, 16, 16))
     hpo.bench.run_variants({"a": {}}, base, data, torch.device("cpu"), 1)
     hpo.bench.run_variants({"a": {}}, base, data, torch.device("cpu"), 1, on_test=True)
+    hpo.bench.run_variants({"a": {}}, base, data, torch.device("cpu"), 1, tile_to=250)  # tiled after the split
     n_val = len(train_val_split(data.train, 0.1, seed=0)[1])
-    assert seen == [(len(data.train) - n_val, n_val), (len(data.train), len(data.test))]
+    assert seen == [(len(data.train) - n_val, n_val), (len(data.train), len(data.test)), (250, n_val)]
     capsys.readouterr()
     (tmp_path / "v.yaml").write_text("recipe: {}\n")
     args = ["--variants", str(tmp_path / "v.yaml"), "--test", "--data-dir", str(tiny_data_dir), "--seeds", "1"]
@@ -182,7 +183,9 @@ def test_a_variants_file_that_is_not_text_is_one_line(tmp_path, capsys):
     assert "v.json: expected label: {parameter: value, ...} entries" in line
 
 
-@pytest.mark.parametrize("name", ["space-probes.yaml", "cpu-lr-probes.yaml", "cpu-lr-vs-search.yaml"])
+@pytest.mark.parametrize(
+    "name", ["space-probes.yaml", "cpu-lr-probes.yaml", "cpu-lr-vs-search.yaml", "gpu-lr-probes.yaml"]
+)
 def test_the_shipped_probes_are_valid_variants(name):
     from pathlib import Path
 
