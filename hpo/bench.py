@@ -286,13 +286,18 @@ def run_variants(
     Seeds 0..seeds-1, seeds the outer loop."""
     train_split, val_split = (data.train, data.test) if on_test else train_val_split(data.train, 0.1, seed=0)
     train_split = tile(train_split, tile_to)
+    scored = "test" if on_test else "validation"
+    print(
+        f"training on {len(train_split.first(base.train_subset))} images, {scored} accuracy on {len(val_split)}",
+        flush=True,
+    )
     configs = {label: SearchSpace.to_config(values or {}, base) for label, values in variants.items()}
     accuracies: dict[str, list[float]] = {label: [] for label in configs}
     for seed in range(seeds):
         for label, config in configs.items():
             result = train(config.replace(seed=seed), train_split, val_split, device)
             accuracies[label].append(result.val_acc)
-            print(f"  seed {seed}  {label:<30} {'test' if on_test else 'val'} {result.val_acc:.4f}", flush=True)
+            print(f"  seed {seed}  {label:<30} {scored} {result.val_acc:.4f}", flush=True)
     first = summarize(accuracies[next(iter(configs))]).mean
     return [
         {"variant": label, "val_acc": summarize(accs), "runs": accs, "difference": summarize(accs).mean - first}
@@ -321,20 +326,19 @@ def variants_benchmark(args, device: torch.device) -> None:
             SearchSpace.to_config(values or {}, base)
         except (HpoError, TypeError) as err:
             raise HpoError(f"{path}: variant {label!r}: {err}") from None
-    data = load_cifar10(args.data_dir)
     print(
         f"variants on {device}: {len(variants)} x {args.seeds} seeds at widths {'/'.join(map(str, base.widths))}, "
-        f"batch {base.batch_size}, {base.epochs} epochs; "
+        f"batch {base.batch_size}, {base.epochs} epochs, "
         + (
-            f"trained on {len(data.train.first(base.train_subset))} training images, test accuracy on {len(data.test)}"
+            "trained on the training set, scored on the test set"
             if args.test
-            else "validation accuracy on the search's split"
+            else "like a trial, on the search's split"
         ),
         flush=True,
     )
-    if args.tile_to:
-        print(f"training images repeated up to {args.tile_to} (--tile-to)", flush=True)
-    table = run_variants(variants, base, data, device, args.seeds, on_test=args.test, tile_to=args.tile_to)
+    table = run_variants(
+        variants, base, load_cifar10(args.data_dir), device, args.seeds, on_test=args.test, tile_to=args.tile_to
+    )
     scored = "test acc" if args.test else "val acc"
     print(f"\n| variant | {scored} (mean ± 95 % CI) | runs | vs {table[0]['variant']} |")
     print("|---|---|---|--:|")

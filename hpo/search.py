@@ -17,6 +17,7 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,7 +101,7 @@ def build_parser() -> ArgumentParser:
     )
     g, c = GPU_DEFAULTS, CPU_DEFAULTS
 
-    def new_study(key: str, show: Any = str) -> str:
+    def new_study(key: str, show: Callable[[Any], object] = str) -> str:
         return f"(default {show(g[key])} on a GPU, {show(c[key])} on a CPU)"
 
     p.add_argument(
