@@ -42,9 +42,10 @@ def test_defaults_are_airbench94s_recipe():
     assert (c.tta_level, c.bias_lr_scale, c.bn_momentum, c.logit_scale) == (2, 64.0, 0.4, pytest.approx(1 / 9))
 
 
-def test_recipe_at_another_batch_size_keeps_the_lr_per_example():
+def test_recipe_at_another_batch_size_scales_the_lr_by_the_square_root_of_the_batch_ratio():
     c = TrainConfig.recipe(batch_size=128, epochs=8, widths=(32, 64, 128))
-    assert c.lr == pytest.approx(1.5 / 8) and c.weight_decay == TrainConfig().weight_decay
+    assert c.lr == pytest.approx(1.5 / 8**0.5) and c.weight_decay == TrainConfig().weight_decay
+    assert TrainConfig.recipe(batch_size=512).lr == pytest.approx(1.5 / 2**0.5)
     assert TrainConfig.recipe(batch_size=128, lr=0.3).lr == 0.3  # an explicit lr is kept
     assert c.with_batch_size(1024).lr == pytest.approx(1.5)
 

@@ -660,7 +660,8 @@ def test_a_new_study_runs_the_recipe_first_and_only_once(tiny_data_dir, tmp_path
     recipe = TrainConfig.recipe(batch_size=16, epochs=1, widths=(8, 16, 16))
     first = TrainConfig.from_dict(trials[0].user_attrs["config"])
     assert first.replace(seed=0).matches(recipe) and first.lr == pytest.approx(recipe.lr)
-    assert trials[0].params["lr_decoupled"] == pytest.approx(11.5) and trials[0].params["momentum"] == 0.85
+    assert trials[0].params["lr_decoupled"] == pytest.approx(11.5 * (1024 / 16) ** 0.5)  # airbench94's, sqrt-scaled
+    assert trials[0].params["momentum"] == 0.85
     assert TrainConfig.from_dict(trials[1].user_attrs["config"]).lr != recipe.lr  # then the sampler's
 
 
