@@ -29,6 +29,15 @@ def test_default_ranges_contain_airbench94_and_our_default_config():
     assert contains(DEFAULT_SPACE["lr_decoupled"], lr_d) and contains(DEFAULT_SPACE["wd_decoupled"], wd_d)
 
 
+@pytest.mark.parametrize("batch_size", [11, 16, 64, 128, 512, 1024])
+def test_the_recipe_at_each_batch_size_is_inside_the_default_space(batch_size):
+    """So the warm start can queue it at any batch size a user is likely to give (its decoupled lr and wd grow
+    with the square root of 1024 / batch size)."""
+    recipe = TrainConfig.recipe(batch_size=batch_size)
+    params = SearchSpace.default().params_for(recipe, "the recipe")
+    assert params["wd_decoupled"] == pytest.approx(0.0153 * (1024 / batch_size) ** 0.5)
+
+
 @pytest.mark.parametrize("name", sorted(OPTIONAL))
 def test_every_optional_parameter_can_be_enabled_with_its_documented_range(name):
     param = OPTIONAL[name]  # the range the README's table gives
