@@ -315,25 +315,26 @@ def variants_benchmark(args, device: torch.device) -> None:
     ):
         raise HpoError(f"{path}: expected label: {{parameter: value, ...}} entries (space-file names)")
     cpu = CPU_DEFAULTS
+    subset = args.train_subset
+    if subset is None:
+        subset = 0 if args.tile_to else cpu["train_subset"]  # tiled data is meant to be trained on whole
     base = TrainConfig.recipe(
         epochs=args.epochs or cpu["epochs"],
         widths=tuple(args.widths or cpu["widths"]),
         batch_size=args.batch_size or cpu["batch_size"],
-        train_subset=args.train_subset if args.train_subset is not None else 0 if args.tile_to else cpu["train_subset"],
+        train_subset=subset,
     )
     for label, values in variants.items():
         try:
             SearchSpace.to_config(values or {}, base)
         except (HpoError, TypeError) as err:
             raise HpoError(f"{path}: variant {label!r}: {err}") from None
+    protocol = (
+        "trained on the training set, scored on the test set" if args.test else "like a trial, on the search's split"
+    )
     print(
         f"variants on {device}: {len(variants)} x {args.seeds} seeds at widths {'/'.join(map(str, base.widths))}, "
-        f"batch {base.batch_size}, {base.epochs} epochs, "
-        + (
-            "trained on the training set, scored on the test set"
-            if args.test
-            else "like a trial, on the search's split"
-        ),
+        f"batch {base.batch_size}, {base.epochs} epochs, {protocol}",
         flush=True,
     )
     table = run_variants(

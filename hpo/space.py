@@ -49,8 +49,8 @@ Param = Float | Choice
 
 # Ranges and choices from one-change-at-a-time probes at the CPU search size (README, "Why these ranges"):
 # airbench94's per-example lr is too low there (x3-x4 is +3 points; the recipe's square-root rule gives x2.83),
-# its wd and momentum are at the optimum (wd reaches 0.15 so that the recipe, whose decoupled wd grows with its lr
-# as the batch shrinks, is inside from batch 11 to 1024),
+# its wd and momentum are at the optimum (wd reaches 0.15 only so that the recipe, whose decoupled wd grows with its
+# lr as the batch shrinks, stays inside from batch 11 to 1024 and can warm-start the search),
 # dropout, cutout and TrivialAugment cost accuracy, and only decaying schedules finish well.
 DEFAULT_SPACE: dict[str, Param] = {
     "lr_decoupled": Float(8.0, 128.0, log=True),
