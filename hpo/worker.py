@@ -22,6 +22,7 @@ from tqdm import tqdm
 
 from hpo.errors import HpoError, interrupts_deferred, sigterm_as_interrupt
 from hpo.objective import Objective, SearchTimeout
+from hpo.space import DEFAULT_SPACE
 from hpo.storage import RETRY_STALE, ask_lock, heartbeat, heartbeat_interval
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
@@ -177,6 +178,10 @@ def _tidy_checkpoint(study: optuna.Study, objective: Objective, number: int, ori
         path.unlink(missing_ok=True)
 
 
+def _short(value: object) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
 def _trial_line(t: optuna.trial.FrozenTrial, tag: str) -> str:
     config = t.user_attrs.get("config", {})
     value = f"val {t.value:.4f}" if t.value is not None else "val   -   "
@@ -185,6 +190,9 @@ def _trial_line(t: optuna.trial.FrozenTrial, tag: str) -> str:
         f"wd {config.get('weight_decay', float('nan')):.2g} drop {config.get('dropout', float('nan')):.2f} "
         f"{config.get('augmentation', '?')}/{config.get('scheduler', '?')}"
     )
+    # A space file's extra parameters (batch size, label smoothing, components) are shown too.
+    extra = [f"{name} {_short(value)}" for name, value in t.params.items() if name not in DEFAULT_SPACE]
+    params = " ".join([params, *extra])
     seconds = t.user_attrs.get("wall_seconds", 0.0)
     prefix = f"[{tag}] " if tag else ""
     epochs = t.user_attrs.get("epochs_run", 0)

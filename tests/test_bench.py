@@ -184,7 +184,15 @@ def test_a_variants_file_that_is_not_text_is_one_line(tmp_path, capsys):
 
 
 @pytest.mark.parametrize(
-    "name", ["space-probes.yaml", "cpu-lr-probes.yaml", "cpu-lr-vs-search.yaml", "gpu-lr-probes.yaml"]
+    "name",
+    [
+        "space-probes.yaml",
+        "cpu-lr-probes.yaml",
+        "cpu-lr-vs-search.yaml",
+        "gpu-lr-probes.yaml",
+        "cpu-batch-probes.yaml",
+        "cpu-recipe-probes.yaml",
+    ],
 )
 def test_the_shipped_probes_are_valid_variants(name):
     from pathlib import Path
@@ -195,9 +203,19 @@ def test_the_shipped_probes_are_valid_variants(name):
     from hpo.space import SearchSpace
 
     probes = yaml.safe_load((Path(__file__).parents[1] / "examples" / name).read_text())
-    base = TrainConfig.recipe(**{k: CPU_DEFAULTS[k] for k in ("epochs", "widths", "train_subset", "batch_size")})
+    size = {k: CPU_DEFAULTS[k] for k in ("epochs", "widths", "train_subset", "batch_size")}
+    if name != "cpu-batch-probes.yaml":  # measured at batch 128, which their commands pass
+        size["batch_size"] = 128
+    base = TrainConfig.recipe(**size)
     configs = {label: SearchSpace.to_config(values, base) for label, values in probes.items()}
     assert len({c.to_json() for c in configs.values()}) == len(configs)
+    if name == "cpu-batch-probes.yaml":  # each row is the recipe at its batch size, one of them the default
+        assert any(config.matches(base) for config in configs.values())
+        for config in configs.values():
+            recipe = TrainConfig.recipe(**{**size, "batch_size": config.batch_size})
+            assert config.lr == pytest.approx(recipe.lr, rel=1e-5)
+            assert config.weight_decay == pytest.approx(recipe.weight_decay, rel=1e-5)
+        return
     reference = next(iter(configs.values()))  # the row the others are compared with
     if name == "space-probes.yaml":  # measured at airbench94's per-example lr, which every row pins
         per_example = TrainConfig().lr * base.batch_size / TrainConfig().batch_size

@@ -406,7 +406,7 @@ def test_default_cpu_run_says_what_it_uses_and_timeout_stops_new_trials(tiny_dat
     )
     assert proc.returncode == 0, proc.stderr
     assert (
-        "no GPU: CPU defaults (12 trials x up to 6 epochs, widths 32/64/128, batch 128, at most 5000 training images)"
+        "no GPU: CPU defaults (12 trials x up to 6 epochs, widths 32/64/128, batch 64, at most 5000 training images)"
         in proc.stdout
     )
     db = tmp_path / "studies" / "cifar10.db"
@@ -414,7 +414,7 @@ def test_default_cpu_run_says_what_it_uses_and_timeout_stops_new_trials(tiny_dat
     study = optuna.load_study(study_name="cifar10", storage=sqlite_url(db))
     settings = study.user_attrs["hpo_settings"]
     assert (settings["n_trials"], settings["epochs"], settings["widths"]) == (12, 6, [32, 64, 128])
-    assert (settings["batch_size"], settings["train_subset"], settings["sampler"]) == (128, 5000, "tpe")
+    assert (settings["batch_size"], settings["train_subset"], settings["sampler"]) == (64, 5000, "tpe")
     assert (settings["pruner"], settings["seed"], settings["val_fraction"]) == ("hyperband", 0, 0.1)
     # --timeout 2, a wall-clock budget: no trial starts after 2 s and a running one stops at its next epoch end
     # (failed, with a retry queued), long before the 12 trials the defaults ask for.
@@ -768,3 +768,25 @@ def test_help_gives_each_devices_defaults_and_the_resume_rule(capsys):
         "(default 64/256/256 on a GPU, 32/64/128 on a CPU)" in text and "(default all on a GPU, 5000 on a CPU)" in text
     )
     assert "take the values the study was started with" in text
+
+
+def test_a_trial_line_shows_the_parameters_a_space_file_adds():
+    from optuna.distributions import CategoricalDistribution, FloatDistribution
+
+    from hpo.worker import _trial_line
+
+    config = {"lr": 0.265, "momentum": 0.85, "weight_decay": 0.00133, "dropout": 0.0, "augmentation": "flip",
+              "scheduler": "onecycle", "batch_size": 32, "label_smoothing": 0.1234}  # fmt: skip
+    trial = optuna.trial.create_trial(
+        params={"momentum": 0.85, "batch_size": 32, "label_smoothing": 0.1234},
+        distributions={
+            "momentum": FloatDistribution(0.7, 0.92),
+            "batch_size": CategoricalDistribution([32, 64, 128]),
+            "label_smoothing": FloatDistribution(0.0, 0.3),
+        },
+        value=0.75,
+        user_attrs={"config": config, "epochs_run": 6, "wall_seconds": 27.0},
+    )
+    line = _trial_line(trial, "")
+    assert line.endswith("flip/onecycle batch_size 32 label_smoothing 0.123  6 ep  27.0s"), line
+    assert "momentum 0.85" not in line  # the default space's parameters keep their short names
