@@ -370,7 +370,12 @@ def main(argv: list[str] | None = None) -> int:
         "--epochs", type=int, help="default: 3 (pipeline); --ablation: 8 on CPU, 10 on GPU; --packing: 2 / 10"
     )
     parser.add_argument("--widths", type=int, nargs=3, help="default: 32 64 128 on CPU, 64 256 256 on GPU")
-    parser.add_argument("--batch-size", type=int, help="default: 256 (pipeline); --ablation: 128 on CPU, 1024 on GPU")
+    parser.add_argument(
+        "--batch-size",
+        type=int,
+        help="default: 256 (pipeline); --ablation: 128 on CPU, 1024 on GPU; --variants: the CPU search's (64); "
+        "--search: 128; --packing: 128 / 512",
+    )
     parser.add_argument("--tile-to", type=int, default=0, help="repeat the training images up to this many")
     parser.add_argument(
         "--strategies", nargs="+", metavar="SAMPLER:PRUNER", help=f"--search: default {' '.join(DEFAULT_STRATEGIES)}"
