@@ -373,7 +373,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--batch-size",
         type=int,
-        help="default: 256 (pipeline); --ablation: 128 on CPU, 1024 on GPU; --variants: the CPU search's (64); "
+        help=f"default: 256 (pipeline); --ablation: 128 on CPU, 1024 on GPU; --variants: the CPU search's "
+        f"({CPU_DEFAULTS['batch_size']}); "
         "--search: 128; --packing: 128 / 512",
     )
     parser.add_argument("--tile-to", type=int, default=0, help="repeat the training images up to this many")

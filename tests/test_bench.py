@@ -190,7 +190,6 @@ def test_a_variants_file_that_is_not_text_is_one_line(tmp_path, capsys):
         "cpu-lr-probes.yaml",
         "cpu-lr-vs-search.yaml",
         "gpu-lr-probes.yaml",
-        "cpu-batch-probes.yaml",
         "cpu-recipe-probes.yaml",
     ],
 )
@@ -203,19 +202,10 @@ def test_the_shipped_probes_are_valid_variants(name):
     from hpo.space import SearchSpace
 
     probes = yaml.safe_load((Path(__file__).parents[1] / "examples" / name).read_text())
-    size = {k: CPU_DEFAULTS[k] for k in ("epochs", "widths", "train_subset", "batch_size")}
-    if name != "cpu-batch-probes.yaml":  # measured at batch 128, which their commands pass
-        size["batch_size"] = 128
-    base = TrainConfig.recipe(**size)
+    size = {k: CPU_DEFAULTS[k] for k in ("epochs", "widths", "train_subset")}
+    base = TrainConfig.recipe(**size, batch_size=128)  # measured at batch 128, which their commands pass
     configs = {label: SearchSpace.to_config(values, base) for label, values in probes.items()}
     assert len({c.to_json() for c in configs.values()}) == len(configs)
-    if name == "cpu-batch-probes.yaml":  # each row is the recipe at its batch size, one of them the default
-        assert any(config.matches(base) for config in configs.values())
-        for config in configs.values():
-            recipe = TrainConfig.recipe(**{**size, "batch_size": config.batch_size})
-            assert config.lr == pytest.approx(recipe.lr, rel=1e-5)
-            assert config.weight_decay == pytest.approx(recipe.weight_decay, rel=1e-5)
-        return
     reference = next(iter(configs.values()))  # the row the others are compared with
     if name == "space-probes.yaml":  # measured at airbench94's per-example lr, which every row pins
         per_example = TrainConfig().lr * base.batch_size / TrainConfig().batch_size
@@ -226,6 +216,26 @@ def test_the_shipped_probes_are_valid_variants(name):
         (per_step,) = [c for label, c in configs.items() if "per step" in label]
         default = TrainConfig()
         assert per_step.lr == pytest.approx(default.lr) and per_step.weight_decay == pytest.approx(default.weight_decay)
+
+
+def test_the_batch_probes_are_the_recipe_at_each_batch_one_of_them_the_cpu_default():
+    from pathlib import Path
+
+    import yaml
+
+    from hpo.search import CPU_DEFAULTS
+    from hpo.space import SearchSpace
+
+    probes = yaml.safe_load((Path(__file__).parents[1] / "examples" / "cpu-batch-probes.yaml").read_text())
+    size = {k: CPU_DEFAULTS[k] for k in ("epochs", "widths", "train_subset")}
+    base = TrainConfig.recipe(**size, batch_size=CPU_DEFAULTS["batch_size"])
+    configs = [SearchSpace.to_config(values, base) for values in probes.values()]
+    assert sorted(c.batch_size for c in configs) == [32, 64, 128]
+    assert any(config.matches(base) for config in configs)
+    for config in configs:
+        recipe = TrainConfig.recipe(**size, batch_size=config.batch_size)
+        assert config.lr == pytest.approx(recipe.lr, rel=1e-5)
+        assert config.weight_decay == pytest.approx(recipe.weight_decay, rel=1e-5)
 
 
 def test_packing_benchmark_runs_the_search_with_each_k(tiny_data_dir, capsys):
