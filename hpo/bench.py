@@ -26,6 +26,7 @@ trials per device.
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 
@@ -283,7 +284,8 @@ def run_variants(
     """Each variant (space values over ``base``, as a space file fixes them) trained like a trial: on the search's
     training split, scored on its validation split; ``on_test``: on the whole training set, scored on the test set
     (the ablation's protocol). Training images repeated up to ``tile_to`` after the split, so none is validated on.
-    Seeds 0..seeds-1, seeds the outer loop."""
+    Seeds 0..seeds-1, seeds the outer loop. Each run is timed; each variant first trains one short warm-up run
+    (on a GPU, cuDNN picks its kernels for each new dtype and shape on their first use)."""
     train_split, val_split = (data.train, data.test) if on_test else train_val_split(data.train, 0.1, seed=0)
     train_split = tile(train_split, tile_to)
     scored = "test" if on_test else "validation"
@@ -292,15 +294,29 @@ def run_variants(
         flush=True,
     )
     configs = {label: SearchSpace.to_config(values or {}, base) for label, values in variants.items()}
+    for config in configs.values():
+        train(config.replace(epochs=1, train_subset=2 * config.batch_size), train_split, val_split, device)
     accuracies: dict[str, list[float]] = {label: [] for label in configs}
+    seconds: dict[str, list[float]] = {label: [] for label in configs}
     for seed in range(seeds):
         for label, config in configs.items():
+            _sync(device)
+            start = time.perf_counter()
             result = train(config.replace(seed=seed), train_split, val_split, device)
+            _sync(device)
             accuracies[label].append(result.val_acc)
-            print(f"  seed {seed}  {label:<30} {scored} {result.val_acc:.4f}", flush=True)
-    first = summarize(accuracies[next(iter(configs))]).mean
+            seconds[label].append(time.perf_counter() - start)
+            print(f"  seed {seed}  {label:<30} {scored} {result.val_acc:.4f}  {seconds[label][-1]:6.1f} s", flush=True)
+    first = next(iter(configs))
     return [
-        {"variant": label, "val_acc": summarize(accs), "runs": accs, "difference": summarize(accs).mean - first}
+        {
+            "variant": label,
+            "val_acc": summarize(accs),
+            "runs": accs,
+            "difference": summarize(accs).mean - summarize(accuracies[first]).mean,
+            "seconds": statistics.median(seconds[label]),
+            "speedup": statistics.median(seconds[first]) / statistics.median(seconds[label]),
+        }
         for label, accs in accuracies.items()
     ]
 
@@ -341,12 +357,16 @@ def variants_benchmark(args, device: torch.device) -> None:
         variants, base, load_cifar10(args.data_dir), device, args.seeds, on_test=args.test, tile_to=args.tile_to
     )
     scored = "test acc" if args.test else "val acc"
-    print(f"\n| variant | {scored} (mean ± 95 % CI) | runs | vs {table[0]['variant']} |")
-    print("|---|---|---|--:|")
+    first = table[0]["variant"]
+    print(f"\n| variant | {scored} (mean ± 95 % CI) | runs | vs {first} | s / run (median) | speed vs {first} |")
+    print("|---|---|---|--:|--:|--:|")
     for row in table:
         acc = row["val_acc"]
         runs = " ".join(f"{a:.3f}" for a in row["runs"])
-        print(f"| {row['variant']} | {acc} | {runs} | {row['difference']:+.4f} |")
+        print(
+            f"| {row['variant']} | {acc} | {runs} | {row['difference']:+.4f} | {row['seconds']:.2f} "
+            f"| {row['speedup']:.2f}x |"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,6 +21,7 @@ AUGMENTATIONS = ("none", "flip", "flip_translate", "flip_translate_cutout", "tri
 SCHEDULERS = ("constant", "step", "cosine", "onecycle", "exponential")
 HEAD_INITS = ("default", "small")  # PyTorch's Linear init, or N(0, 0.01) (the pre-recipe trainer's)
 TTA_LEVELS = (0, 1, 2)
+PRECISIONS = ("bf16", "fp16")
 TTA_NAMES = {0: "none", 1: "mirror", 2: "mirror + 1-pixel translations"}
 WHITEN_WIDTH = 24  # a 2x2 RGB patch has 12 dimensions; the whitening stem keeps each eigenvector and its negative
 MAX_SEED = 2**32 - 1  # the range every seeded generator here (torch, numpy, Optuna's samplers) accepts
@@ -74,6 +75,9 @@ class TrainConfig:
     seed: int = 0
     # Cap on training images (0 = all): lets a CPU search run on a slice of the data.
     train_subset: int = 0
+    # The autocast dtype on a GPU: bf16 needs no loss scaling; fp16 (airbench94's) trains with dynamic loss scaling
+    # (torch.amp.GradScaler). The CPU always trains in fp32.
+    precision: str = "bf16"
 
     # --- airbench94's components (each one off gives the pre-recipe trainer's behaviour) ---
     # 1. The stem is a frozen 2x2 patch-whitening conv (training patches' covariance eigenvectors, and their
@@ -259,6 +263,7 @@ def _validate(c: TrainConfig) -> None:
         c.augmentation in AUGMENTATIONS,
         f"augmentation must be one of {', '.join(AUGMENTATIONS)}, got {c.augmentation!r}",
     )
+    _check(c.precision in PRECISIONS, f"precision must be one of {', '.join(PRECISIONS)}, got {c.precision!r}")
     _check(c.scheduler in SCHEDULERS, f"scheduler must be one of {', '.join(SCHEDULERS)}, got {c.scheduler!r}")
     _check(
         len(c.widths) == 3 and all(1 <= w <= 4096 for w in c.widths),

@@ -9,6 +9,7 @@ normalises chunks of several batches at a time there: no DataLoader, no per-imag
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -39,6 +40,7 @@ LOOKAHEAD_DECAY = 0.95**LOOKAHEAD_EVERY  # the EMA's decay, times progress**3 (s
 # their launches, not the pixels, set its speed at one batch per call (H200: trivial_augment 0.25 M img/s at
 # 512 images per call, 2.1 M at 8192). On the CPU, chunks beyond about 1 000 images fall out of cache and run slower.
 AUGMENT_CHUNK = {"cpu": 512, "cuda": 8192}
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}  # TrainConfig.precision -> autocast dtype
 
 
 @dataclass(frozen=True)
@@ -171,9 +173,15 @@ def predict(model: nn.Module, x: torch.Tensor, tta_level: int = 0) -> torch.Tens
 
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, data: Split, device: torch.device, tta_level: int = 0, channels_last: bool = False
+    model: nn.Module,
+    data: Split,
+    device: torch.device,
+    tta_level: int = 0,
+    channels_last: bool = False,
+    precision: str = "bf16",
 ) -> tuple[float, float]:
     """(accuracy, mean cross-entropy) of the model on a split; one host sync at the end."""
+    dtype = autocast_dtype(device, precision)
     model.eval()
     correct = torch.zeros((), device=device)
     loss = torch.zeros((), device=device)
@@ -182,7 +190,7 @@ def evaluate(
     for start in range(0, len(data), batch):
         x = data.images[start : start + batch].to(device, non_blocking=True)
         y = data.labels[start : start + batch].to(device, non_blocking=True)
-        with _autocast(device):
+        with _autocast(device, dtype):
             logits = predict(model, normalize(x).contiguous(memory_format=layout), tta_level)
         loss += nn.functional.cross_entropy(logits, y, reduction="sum")
         correct += (logits.argmax(1) == y).sum()
@@ -253,6 +261,10 @@ def train(
     steps_per_epoch = max(1, len(train_data) // config.batch_size)
     total_steps = steps_per_epoch * config.epochs
 
+    dtype = autocast_dtype(device, config.precision)
+    # fp16 gradients can underflow: scale the loss up and skip the steps whose gradients overflow. A disabled scaler
+    # (bf16, fp32) passes everything through unchanged.
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     model = build_model(config, device, channels_last)
     if config.whiten:
         whiten_stem(model.stem, normalize(train_data.images[:WHITEN_IMAGES]))
@@ -275,6 +287,8 @@ def train(
         optimizer.load_state_dict(restored["optimizer"])
         scheduler.load_state_dict(restored["scheduler"])
         restore_rng(restored["rng"], gen, device)
+        if restored.get("scaler"):  # empty when saved by a disabled scaler (bf16, or on the CPU)
+            scaler.load_state_dict(restored["scaler"])
         train_seconds, images_seen = restored["train_seconds"], restored["images_seen"]
     lookahead = Lookahead(model, total_steps) if config.lookahead else None
     if lookahead is not None and restored is not None:
@@ -291,6 +305,7 @@ def train(
             "scheduler": scheduler.state_dict(),
             "lookahead": lookahead.state_dict() if lookahead is not None else None,
             "rng": rng_state(gen, device),
+            "scaler": scaler.state_dict(),
             "history": history_to_dicts([*history, stats]),
             "train_seconds": train_seconds,
             "images_seen": images_seen,
@@ -315,6 +330,8 @@ def train(
                     loss_fn,
                     device,
                     lookahead,
+                    scaler,
+                    dtype,
                     on_first_step,
                 )
                 on_first_step = None
@@ -326,7 +343,7 @@ def train(
                 final = epoch == config.epochs or (not evaluate_every_epoch and not math.isfinite(train_loss))
                 tta_level = config.tta_level if final else 0
                 if evaluate_every_epoch or final:
-                    val_acc, val_loss = evaluate(model, eval_data, device, tta_level, channels_last)
+                    val_acc, val_loss = evaluate(model, eval_data, device, tta_level, channels_last, config.precision)
                 else:
                     val_acc, val_loss = math.nan, math.nan
                 lr = scheduler.get_last_lr()[-1]
@@ -364,7 +381,7 @@ def train(
 
 
 def _train_epoch(
-    model, batches, steps, optimizer, scheduler, loss_fn, device, lookahead, on_first_step=None
+    model, batches, steps, optimizer, scheduler, loss_fn, device, lookahead, scaler, dtype, on_first_step=None
 ) -> tuple[float, int]:
     """One pass over the batches; returns (mean training loss, images seen) with a single host sync
     (two when ``on_first_step`` is given: it is called once the first step has run on the device)."""
@@ -374,11 +391,13 @@ def _train_epoch(
     for step, (x, y) in enumerate(batches):
         if step >= steps:
             break  # keep the schedule exact even if a batch source yields more
-        with _autocast(device):
+        with _autocast(device, dtype):
             loss = loss_fn(model(x), y)
         optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        scaler.scale(loss).backward()
+        # A fused optimizer takes the scaler's inverse scale and overflow flag as tensors: no host sync here.
+        scaler.step(optimizer)
+        scaler.update()
         scheduler.step()
         if lookahead is not None:
             lookahead.after_step(scheduler.last_epoch)  # the scheduler counts the steps taken so far
@@ -398,9 +417,14 @@ def _channels_last(config: TrainConfig, device: torch.device) -> bool:
     return config.fast_step or device.type == "cuda"
 
 
-def _autocast(device: torch.device):
-    # bf16 on CUDA halves memory traffic with no loss scaling needed; the CPU stays in fp32.
-    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+def autocast_dtype(device: torch.device, precision: str) -> torch.dtype | None:
+    """The dtype a config's ``precision`` autocasts to on ``device``; None on the CPU, which trains in fp32."""
+    return None if device.type == "cpu" else AUTOCAST_DTYPES[precision]
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    # Half precision on a GPU halves memory traffic; bf16 keeps fp32's range, fp16 needs the loss scaled.
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
 
 
 def parse_overrides(pairs: list[str]) -> dict:

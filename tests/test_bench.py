@@ -109,8 +109,9 @@ def test_variants_train_each_change_like_a_trial_and_compare_with_the_first(tiny
     assert main(["--variants", str(variants), "--data-dir", str(tiny_data_dir), "--seeds", "2", *TINY_FLAGS]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ") and "variant" not in line]
     assert [r.split("|")[1].strip() for r in rows] == ["recipe", "faster", "no lookahead"]
-    assert rows[0].rstrip().endswith("| +0.0000 |")
+    assert rows[0].split("|")[4:] == [" +0.0000 ", rows[0].split("|")[5], " 1.00x ", ""]
     assert all(len(r.split("|")[3].split()) == 2 for r in rows)  # one value per seed
+    assert all(float(r.split("|")[5]) > 0 for r in rows)  # median seconds per run
 
 
 def test_variants_use_the_space_units_over_the_base(tiny_data_dir, monkeypatch):
@@ -127,6 +128,9 @@ def test_variants_use_the_space_units_over_the_base(tiny_data_dir, monkeypatch):
 
     monkeypatch.setattr(hpo.bench, "train", spy)
     hpo.bench.run_variants({"a": {}, "b": {"lr_decoupled": 40.0, "momentum": 0.8}}, base, data, torch.device("cpu"), 1)
+    warm_ups, seen = seen[:2], seen[2:]
+    assert [w.replace(train_subset=0) for w in warm_ups] == seen  # each variant once, short, before the timed runs
+    assert {w.train_subset for w in warm_ups} == {2 * base.batch_size}
     assert seen[0].lr == pytest.approx(base.lr) and seen[0].momentum == base.momentum
     assert (seen[1].lr, seen[1].momentum) == (pytest.approx(to_sgd(40.0, 0.0153, 0.8, 16)[0]), 0.8)
     assert seen[1].epochs == 1 and seen[1].widths == (8, 16, 16)
@@ -150,6 +154,7 @@ def test_variants_on_test_train_on_the_whole_training_set_and_score_the_test_set
     hpo.bench.run_variants({"a": {}}, base, data, torch.device("cpu"), 1, on_test=True)
     hpo.bench.run_variants({"a": {}}, base, data, torch.device("cpu"), 1, tile_to=250)  # tiled after the split
     n_val = len(train_val_split(data.train, 0.1, seed=0)[1])
+    seen = seen[1::2]  # after each call's warm-up run
     assert seen == [(len(data.train) - n_val, n_val), (len(data.train), len(data.test)), (250, n_val)]
     capsys.readouterr()
     (tmp_path / "v.yaml").write_text("recipe: {}\n")
@@ -191,6 +196,7 @@ def test_a_variants_file_that_is_not_text_is_one_line(tmp_path, capsys):
         "cpu-lr-vs-search.yaml",
         "gpu-lr-probes.yaml",
         "cpu-recipe-probes.yaml",
+        "gpu-precision-probes.yaml",
     ],
 )
 def test_the_shipped_probes_are_valid_variants(name):

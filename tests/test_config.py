@@ -45,6 +45,7 @@ def test_int_is_accepted_where_float_expected():
         ({"widths": [64, 128]}, "widths must be three"),
         ({"momentum": 0.0, "nesterov": True}, "nesterov needs momentum"),
         ({"train_subset": -5}, "train_subset must be"),
+        ({"precision": "fp32"}, "precision must be one of bf16, fp16, got 'fp32'"),
     ],
 )
 def test_out_of_range_and_unknown_values_are_rejected(changes, message):

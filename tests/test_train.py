@@ -389,3 +389,54 @@ def test_a_checkpoint_write_that_fails_half_way_keeps_the_previous_one(tmp_path,
     monkeypatch.undo()
     torch.save([1, 2], path)  # readable, but not a checkpoint: start from scratch instead of failing the trial
     assert load_checkpoint(path, {}) is None
+
+
+def test_precision_picks_the_gpus_autocast_dtype_and_leaves_the_cpu_in_fp32(splits):
+    from hpo.train import autocast_dtype
+
+    cuda = torch.device("cuda")
+    assert autocast_dtype(cuda, "bf16") is torch.bfloat16 and autocast_dtype(cuda, "fp16") is torch.float16
+    assert autocast_dtype(torch.device("cpu"), "fp16") is None
+    bf16, fp16 = (train(TrainConfig(**TINY, precision=p), *splits) for p in ("bf16", "fp16"))
+    assert [h.val_loss for h in bf16.history] == [h.val_loss for h in fp16.history]  # the CPU trains in fp32
+
+
+@pytest.fixture
+def fp16_on_the_cpu(monkeypatch):
+    """fp16 autocast with a loss scaler on the CPU, as precision fp16 trains on a GPU (CPU autocast takes fp16).
+    The scale grows after every step instead of every 2000, so a tiny run overflows and backs off; returns the
+    scale after each step."""
+    monkeypatch.setattr(hpo.train, "autocast_dtype", lambda device, precision: hpo.train.AUTOCAST_DTYPES[precision])
+    init, update, scales = torch.amp.GradScaler.__init__, torch.amp.GradScaler.update, []
+    monkeypatch.setattr(torch.amp.GradScaler, "__init__", lambda self, *a, **k: init(self, *a, growth_interval=1, **k))
+    monkeypatch.setattr(torch.amp.GradScaler, "update", lambda self: update(self) or scales.append(self.get_scale()))
+    return scales
+
+
+def test_fp16_trains_through_a_loss_scaler(splits, fp16_on_the_cpu):
+    config = TrainConfig(**TINY, precision="fp16")
+    result = train(config, *splits)
+    steps = result.epochs_run * (len(splits[0]) // config.batch_size)
+    assert len(fp16_on_the_cpu) == steps  # every step went through the scaler
+    assert fp16_on_the_cpu[0] == 2.0**17 and max(fp16_on_the_cpu) > 2.0**17  # it grew
+    assert result.history[-1].val_acc > 0 and math.isfinite(result.history[-1].train_loss)
+    bf16 = train(config.replace(precision="bf16"), *splits)
+    assert [h.train_loss for h in bf16.history] != [h.train_loss for h in result.history]  # it autocast to fp16
+
+
+def test_fp16_resume_restores_the_loss_scale(splits, tmp_path, fp16_on_the_cpu):
+    config = TrainConfig(**{**TINY, "epochs": 4}, precision="fp16")
+    straight = train(config, *splits)
+    fp16_on_the_cpu.clear()
+
+    def crash(stats):
+        if stats.epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, *splits, checkpoint=tmp_path / "c.pt", on_epoch=crash)
+    assert torch.load(tmp_path / "c.pt", weights_only=True)["scaler"]["scale"] == fp16_on_the_cpu[-1]
+    resumed = train(config, *splits, checkpoint=tmp_path / "c.pt")
+    assert [h.val_loss for h in resumed.history] == [h.val_loss for h in straight.history]
+    for a, b in zip(resumed.model.state_dict().values(), straight.model.state_dict().values()):
+        assert torch.equal(a, b)
