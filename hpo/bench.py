@@ -427,6 +427,11 @@ def main(argv: list[str] | None = None) -> int:
         "--oracle-runs", type=int, default=32, metavar="K", help="--search --oracle: the oracle's fresh runs (32)"
     )
     parser.add_argument(
+        "--replay",
+        action="store_true",
+        help="--search: replay the search's pruners on random search's full-length trials (accuracy and loss)",
+    )
+    parser.add_argument(
         "--curves", metavar="FILE", help="--search: the studies of an earlier run (its search-bench-curves.csv)"
     )
     parser.add_argument(
@@ -448,7 +453,7 @@ def main(argv: list[str] | None = None) -> int:
         raise HpoError(
             "--search, --ablation, --packing, --variants and --augment-only are separate benchmarks: pass one"
         )
-    for name in ("retrain_best", "oracle", "curves"):
+    for name in ("retrain_best", "oracle", "curves", "replay"):
         if getattr(args, name) and not args.search:
             flag = "--" + name.replace("_", "-")
             raise HpoError(f"{flag} is for --search: pass both, or leave {flag} out")

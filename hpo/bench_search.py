@@ -10,8 +10,11 @@ seconds); the table gives, per strategy, the final best and the epochs it needed
 With ``--retrain-best K`` each study's best trial is retrained on K fresh seeds and scored on the test set, which
 tells how good the chosen configurations are, free of the selection on validation noise that inflates a best score.
 With ``--oracle N`` (``hpo.bench_oracle``) the best config the studies found is rerun on fresh seeds, which bounds
-how soon any strategy can expect to reach random search's final best. ``--curves FILE`` reads the studies of an
-earlier run back from its curves CSV instead of running them again (for ``--retrain-best`` and ``--oracle``).
+how soon any strategy can expect to reach random search's final best. With ``--replay`` (``hpo.bench_replay``)
+each of the search's pruners is replayed on random search's full-length trials, fed validation accuracy or loss.
+``--curves FILE`` reads the studies of an
+earlier run back from its curves CSV instead of running them again (for ``--retrain-best``, ``--oracle`` and
+``--replay``).
 
 The studies run in ``--jobs`` processes of one thread each (2 jobs use both cores of a 2-core machine better than
 one study on 2 threads).
@@ -476,6 +479,11 @@ def search_benchmark(args, device: torch.device) -> None:
                 f"{correlations.attrs['trials']} full-length trials of all studies:"
             )
             print("  " + "  ".join(f"epoch {k}: {rho:.2f}" for k, rho in correlations.items()))
+    if args.replay:
+        from hpo.bench_replay import print_replay, replay_table
+
+        budgets = sorted({b for b in (bench.budget // 4, bench.budget // 2, bench.budget) if b >= epochs})
+        print_replay(replay_table(curves[curves.strategy == BASELINE], epochs, budgets), budgets)
     if args.retrain_best:
         print(
             f"\nretraining each study's best trial with {args.retrain_best} fresh seeds, scored on the "
