@@ -78,7 +78,7 @@ def make_rule(pruner: str, epochs: int, rng: np.random.Generator) -> Rule:
             # Optuna's MedianPruner: from step MEDIAN_WARMUP on, once MEDIAN_STARTUP trials have completed, stop a
             # trial whose best value so far is below the completed trials' median at this step.
             if len(completed) >= MEDIAN_STARTUP:
-                for epoch in range(max(MEDIAN_WARMUP, 1), epochs):
+                for epoch in range(MEDIAN_WARMUP, epochs):
                     if curve[:epoch].max() < np.median([c[epoch - 1] for c in completed]):
                         return epoch
             completed.append(curve)
@@ -89,21 +89,29 @@ def make_rule(pruner: str, epochs: int, rng: np.random.Generator) -> Rule:
 
 
 def replay(
-    finals: np.ndarray, signal: np.ndarray, order: np.ndarray, rule: Rule, budget: int
-) -> tuple[float, int, int]:
-    """(best final accuracy of the trials run to the end, trials started, trials run to the end) of one study
-    drawing trials in ``order`` until the next one would overrun ``budget`` epochs."""
+    finals: np.ndarray, signal: np.ndarray, order: np.ndarray, rule: Rule, budgets: list[int]
+) -> list[tuple[float, int, int]]:
+    """For each of ``budgets``: (best final accuracy of the trials run to the end, trials started, trials run to the
+    end) of one study drawing trials in ``order`` until the next one would overrun that many epochs. One pass: a
+    smaller budget's study is a prefix of a larger one's, since the rule decides the same way whatever the budget."""
     epochs = signal.shape[1]
     best, spent, started, finished = math.nan, 0, 0, 0
+    out: list[tuple[float, int, int]] = []
+    pending = sorted(budgets)
     for i in order:
         stop = rule(signal[i])
-        if spent + stop > budget:
+        while pending and spent + stop > pending[0]:
+            out.append((best, started, finished))
+            pending.pop(0)
+        if not pending:
             break
         spent, started = spent + stop, started + 1
         if stop == epochs:
             best = finals[i] if math.isnan(best) else max(best, finals[i])
             finished += 1
-    return best, started, finished
+    out += [(best, started, finished)] * len(pending)  # budgets that outlast every trial
+    by_budget = dict(zip(sorted(budgets), out, strict=True))
+    return [by_budget[b] for b in budgets]
 
 
 def full_length(curves: pd.DataFrame, epochs: int) -> tuple[np.ndarray, np.ndarray]:
@@ -138,16 +146,16 @@ def replay_table(
             if pruner == "none" and signal_name == "loss":
                 continue  # nothing is pruned, so the signal does not matter
             row: dict = {"pruner": pruner, "signal": "-" if pruner == "none" else signal_name}
-            for budget in budgets:
-                # The same orders and bracket draws for every row: the rows differ only in pruner and signal.
-                results = [
-                    replay(finals, signal, order, make_rule(pruner, epochs, np.random.default_rng([seed, k])), budget)
-                    for k, order in enumerate(orders)
-                ]
-                bests = [best for best, _, _ in results if not math.isnan(best)]
+            # The same orders and bracket draws for every row: the rows differ only in pruner and signal.
+            results = [
+                replay(finals, signal, order, make_rule(pruner, epochs, np.random.default_rng([seed, k])), budgets)
+                for k, order in enumerate(orders)
+            ]
+            for j, budget in enumerate(budgets):
+                bests = [study[j][0] for study in results if not math.isnan(study[j][0])]
                 row[budget] = float(np.mean(bests)) if bests else math.nan
-            row["started"] = float(np.mean([started for _, started, _ in results]))
-            row["finished"] = float(np.mean([finished for _, _, finished in results]))
+            row["started"] = float(np.mean([study[-1][1] for study in results]))
+            row["finished"] = float(np.mean([study[-1][2] for study in results]))
             rows.append(row)
     table = pd.DataFrame(rows)
     table.attrs.update(trials=len(finals), replays=replays)

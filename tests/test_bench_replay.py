@@ -99,9 +99,12 @@ def test_a_replay_charges_the_epochs_each_trial_ran_and_keeps_the_best_finished_
     finals = np.array([0.5, 0.9, 0.7, 0.8])
     signal = np.tile(finals[:, None], (1, 4))
     stop_at_two = lambda curve: 2  # noqa: E731
-    best, started, finished = replay(finals, signal, np.arange(4), stop_at_two, 7)
+    [(best, started, finished)] = replay(finals, signal, np.arange(4), stop_at_two, [7])
     assert (started, finished) == (3, 0) and np.isnan(best)  # 3 x 2 epochs fit in 7, a 4th does not; none finished
-    assert replay(finals, signal, np.array([0, 2, 1, 3]), make_rule("none", 4, None), 9) == (0.7, 2, 2)
+    # One pass answers every budget, in the order given: 3 epochs fit no 4-epoch trial, 9 fit two, 16 all four.
+    run_all = make_rule("none", 4, None)
+    at_9, at_3, at_16 = replay(finals, signal, np.array([0, 2, 1, 3]), run_all, [9, 3, 16])
+    assert at_9 == (0.7, 2, 2) and at_16 == (0.9, 4, 4) and np.isnan(at_3[0]) and at_3[1:] == (0, 0)
 
 
 def test_pruning_pays_when_early_epochs_rank_trials_as_the_last_does_and_not_when_they_mislead():
