@@ -174,10 +174,12 @@ class SearchSpace:
         lr_d, wd_d = values.pop("lr_decoupled", lr_d), values.pop("wd_decoupled", wd_d)
         if not (isinstance(batch_size, int) and not isinstance(batch_size, bool)):
             raise ConfigError(f"batch_size must be of type int, got {batch_size!r}")
-        if not isinstance(wd_d, (int, float)) or isinstance(wd_d, bool):
+        if not _is_number(wd_d):
             raise ConfigError(f"wd_decoupled must be a number, got {wd_d!r}")
-        if not (isinstance(lr_d, (int, float)) and lr_d > 0 and isinstance(momentum, (int, float)) and momentum < 1):
-            raise ConfigError(f"lr_decoupled must be > 0 and momentum < 1, got {lr_d!r} and {momentum!r}")
+        if not (_is_number(lr_d) and lr_d > 0):
+            raise ConfigError(f"lr_decoupled must be a number > 0, got {lr_d!r}")
+        if not (_is_number(momentum) and momentum < 1):
+            raise ConfigError(f"momentum must be a number < 1, got {momentum!r}")
         lr, wd = to_sgd(lr_d, wd_d, momentum, batch_size)
         changes = {**values, "lr": lr, "weight_decay": wd, "momentum": momentum, "batch_size": batch_size}
         return TrainConfig.from_dict({**base.to_dict(), **changes}, source="search space")
@@ -212,6 +214,10 @@ class SearchSpace:
         return out
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
 def _parse_param(name: str, spec: dict[str, Any], source: str) -> Param:
     default = DEFAULT_SPACE.get(name) or OPTIONAL[name]
     if isinstance(default, Choice):
@@ -223,7 +229,7 @@ def _parse_param(name: str, spec: dict[str, Any], source: str) -> Param:
         raise SpaceError(f"{source}: {name} takes low, high and log, not {', '.join(sorted(extra))}")
     low, high = spec.get("low", default.low), spec.get("high", default.high)
     log = spec.get("log", default.log)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in (low, high)):
+    if not all(_is_number(v) for v in (low, high)):
         raise SpaceError(f"{source}: {name} low/high must be numbers, got {low!r} and {high!r}")
     if not isinstance(log, bool):
         raise SpaceError(f"{source}: {name}.log must be true or false, got {log!r}")

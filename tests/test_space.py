@@ -124,7 +124,9 @@ def test_describe_round_trips():
         ("lr_decoupled: {low: a, high: 2}\n", "must be numbers"),
         ("augmentation: {choices: [flip, mixup]}\n", "augmentation must be one of"),
         ("scheduler: {choices: []}\n", "at least one value"),
-        ("momentum: 1.5\n", "momentum"),
+        ("momentum: 1.5\n", "momentum must be a number < 1, got 1.5"),
+        ("momentum: {low: 0.5, high: 1.5}\n", "momentum must be a number < 1, got 1.5"),
+        ("lr_decoupled: {low: 0, high: 2, log: false}\n", "lr_decoupled must be a number > 0, got 0.0"),
         ("dropout: {low: 0.0, high: 1.5}\n", "dropout must be in"),
         (
             "lr_decoupled: {low: 0.02, high: 0.03}\nwd_decoupled: {low: 0.04, high: 0.05}\n",
