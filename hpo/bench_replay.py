@@ -117,12 +117,11 @@ def replay(
 def full_length(curves: pd.DataFrame, epochs: int) -> tuple[np.ndarray, np.ndarray]:
     """(accuracy, loss) curves, one row per trial, of the trials in ``curves`` that ran all ``epochs`` epochs
     (random search without pruning stops only the trials whose loss diverged)."""
-    accuracy = [json.loads(c) for c in curves.val_acc_curve]
-    loss = [json.loads(c) for c in curves.val_loss_curve]
-    keep = [i for i, c in enumerate(accuracy) if len(c) == epochs]
-    return np.array([accuracy[i] for i in keep], float).reshape(-1, epochs), np.array(
-        [loss[i] for i in keep], float
-    ).reshape(-1, epochs)
+    rows = [(json.loads(a), json.loads(v)) for a, v in zip(curves.val_acc_curve, curves.val_loss_curve, strict=True)]
+    rows = [(a, v) for a, v in rows if len(a) == epochs]
+    accuracy = np.array([a for a, _ in rows], float).reshape(-1, epochs)
+    loss = np.array([v for _, v in rows], float).reshape(-1, epochs)
+    return accuracy, loss
 
 
 def replay_table(
