@@ -197,6 +197,7 @@ def test_a_variants_file_that_is_not_text_is_one_line(tmp_path, capsys):
         "gpu-lr-probes.yaml",
         "cpu-recipe-probes.yaml",
         "gpu-precision-probes.yaml",
+        "cpu-warmup-probes.yaml",
     ],
 )
 def test_the_shipped_probes_are_valid_variants(name):
