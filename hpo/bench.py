@@ -432,6 +432,14 @@ def main(argv: list[str] | None = None) -> int:
         help="--search: replay the search's pruners on random search's full-length trials (accuracy and loss)",
     )
     parser.add_argument(
+        "--replay-fresh",
+        type=int,
+        default=0,
+        metavar="K",
+        help="--search --replay: also train every config a replay chose on K new seeds, and score each replay by "
+        "its choice's fresh mean (free of the luck that chose it)",
+    )
+    parser.add_argument(
         "--curves", metavar="FILE", help="--search: the studies of an earlier run (its search-bench-curves.csv)"
     )
     parser.add_argument(
@@ -447,8 +455,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise HpoError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if min(args.tile_to, args.workers, args.train_subset or 0, args.retrain_best, args.oracle) < 0:
-        raise HpoError("--tile-to, --workers, --train-subset, --retrain-best and --oracle must be >= 0")
+    if min(args.tile_to, args.workers, args.train_subset or 0, args.retrain_best, args.oracle, args.replay_fresh) < 0:
+        raise HpoError("--tile-to, --workers, --train-subset, --retrain-best, --oracle and --replay-fresh must be >= 0")
     if args.search + args.ablation + args.packing + args.augment_only + bool(args.variants) > 1:
         raise HpoError(
             "--search, --ablation, --packing, --variants and --augment-only are separate benchmarks: pass one"
@@ -457,6 +465,8 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, name) and not args.search:
             flag = "--" + name.replace("_", "-")
             raise HpoError(f"{flag} is for --search: pass both, or leave {flag} out")
+    if args.replay_fresh and not args.replay:
+        raise HpoError("--replay-fresh is for --search --replay: pass all three, or leave --replay-fresh out")
     if args.test and not args.variants:
         raise HpoError("--test is for --variants: pass both, or leave --test out")
     if any(k < 1 for k in args.k or []):

@@ -8,6 +8,10 @@ charge the epochs it lets run, and keep the best final accuracy of the trials it
 Optuna pruner that ``hpo.search`` builds under the same name, fed the validation accuracy (what the search reports)
 or the validation loss (negated, so higher is better). Hyperband's brackets are drawn at random in Optuna's
 proportions, where Optuna hashes the trial number.
+
+A best of more finished trials is more inflated by luck (each trial is one noisy draw), so with fresh scores
+(``--replay-fresh K``: every config some replay chose, trained again on K new seeds) each row also gives the mean
+fresh score of the configs it chose: what the choice is worth, free of the luck that made it.
 """
 
 from __future__ import annotations
@@ -90,13 +94,14 @@ def make_rule(pruner: str, epochs: int, rng: np.random.Generator) -> Rule:
 
 def replay(
     finals: np.ndarray, signal: np.ndarray, order: np.ndarray, rule: Rule, budgets: list[int]
-) -> list[tuple[float, int, int]]:
-    """For each of ``budgets``: (best final accuracy of the trials run to the end, trials started, trials run to the
-    end) of one study drawing trials in ``order`` until the next one would overrun that many epochs. One pass: a
-    smaller budget's study is a prefix of a larger one's, since the rule decides the same way whatever the budget."""
+) -> list[tuple[int | None, int, int]]:
+    """For each of ``budgets``: (index of the best trial run to the end by final accuracy, None if none was,
+    trials started, trials run to the end) of one study drawing trials in ``order`` until the next one would overrun
+    that many epochs. One pass: a smaller budget's study is a prefix of a larger one's, since the rule decides the
+    same way whatever the budget."""
     epochs = signal.shape[1]
-    best, spent, started, finished = math.nan, 0, 0, 0
-    out: list[tuple[float, int, int]] = []
+    best, spent, started, finished = None, 0, 0, 0
+    out: list[tuple[int | None, int, int]] = []
     pending = sorted(budgets)
     for i in order:
         stop = rule(signal[i])
@@ -107,20 +112,24 @@ def replay(
             break
         spent, started = spent + stop, started + 1
         if stop == epochs:
-            best = finals[i] if math.isnan(best) else max(best, finals[i])
+            best = int(i) if best is None or finals[i] > finals[best] else best
             finished += 1
     out += [(best, started, finished)] * len(pending)  # budgets that outlast every trial
     by_budget = dict(zip(sorted(budgets), out, strict=True))
     return [by_budget[b] for b in budgets]
 
 
+def full_length_rows(curves: pd.DataFrame, epochs: int) -> pd.DataFrame:
+    """The trials in ``curves`` that ran all ``epochs`` epochs (random search without pruning stops only the trials
+    whose loss diverged)."""
+    return curves[curves.val_acc_curve.map(lambda curve: len(json.loads(curve)) == epochs)]
+
+
 def full_length(curves: pd.DataFrame, epochs: int) -> tuple[np.ndarray, np.ndarray]:
-    """(accuracy, loss) curves, one row per trial, of the trials in ``curves`` that ran all ``epochs`` epochs
-    (random search without pruning stops only the trials whose loss diverged)."""
-    rows = [(json.loads(a), json.loads(v)) for a, v in zip(curves.val_acc_curve, curves.val_loss_curve, strict=True)]
-    rows = [(a, v) for a, v in rows if len(a) == epochs]
-    accuracy = np.array([a for a, _ in rows], float).reshape(-1, epochs)
-    loss = np.array([v for _, v in rows], float).reshape(-1, epochs)
+    """(accuracy, loss) curves of ``full_length_rows``, one row per trial."""
+    rows = full_length_rows(curves, epochs)
+    accuracy = np.array([json.loads(c) for c in rows.val_acc_curve], float).reshape(-1, epochs)
+    loss = np.array([json.loads(c) for c in rows.val_loss_curve], float).reshape(-1, epochs)
     return accuracy, loss
 
 
@@ -131,15 +140,18 @@ def replay_table(
     pruners: tuple[str, ...] = ("none", "hyperband", "asha", "median"),
     replays: int = 1000,
     seed: int = 0,
+    fresh: dict[int, float] | None = None,
 ) -> pd.DataFrame:
     """Per pruner and signal: the mean best final accuracy at each budget and the mean numbers of trials started and
-    finished within the last, over ``replays`` random orders of the full-length trials in ``curves``."""
+    finished within the last, over ``replays`` random orders of the full-length trials in ``curves``. ``attrs``
+    keeps which of those trials (positions in ``full_length_rows``) any replay chose. With ``fresh`` (position ->
+    fresh score) a column ``fresh B`` per budget gives the mean fresh score of the chosen trials."""
     accuracy, loss = full_length(curves, epochs)
     finals = accuracy[:, -1]
     signals = {"accuracy": accuracy, "loss": -loss}
     rng = np.random.default_rng(seed)
     orders = [rng.permutation(len(finals)) for _ in range(replays)]
-    rows = []
+    rows, chosen = [], set()
     for pruner in pruners:
         for signal_name, signal in signals.items():
             if pruner == "none" and signal_name == "loss":
@@ -151,17 +163,20 @@ def replay_table(
                 for k, order in enumerate(orders)
             ]
             for j, budget in enumerate(budgets):
-                bests = [study[j][0] for study in results if not math.isnan(study[j][0])]
-                row[budget] = float(np.mean(bests)) if bests else math.nan
+                picks = [study[j][0] for study in results if study[j][0] is not None]
+                chosen.update(picks)
+                row[budget] = float(np.mean(finals[picks])) if picks else math.nan
+                if fresh is not None:
+                    row[f"fresh {budget}"] = float(np.mean([fresh[i] for i in picks])) if picks else math.nan
             row["started"] = float(np.mean([study[-1][1] for study in results]))
             row["finished"] = float(np.mean([study[-1][2] for study in results]))
             rows.append(row)
     table = pd.DataFrame(rows)
-    table.attrs.update(trials=len(finals), replays=replays)
+    table.attrs.update(trials=len(finals), replays=replays, chosen=sorted(chosen))
     return table
 
 
-def print_replay(table: pd.DataFrame, budgets: list[int]) -> None:
+def print_replay(table: pd.DataFrame, budgets: list[int], fresh_seeds: int = 0) -> None:
     print(
         f"\npruners replayed on random search's {table.attrs['trials']} full-length trials ({table.attrs['replays']} "
         "random orders each): the best final validation accuracy among the trials a pruner lets finish, by epochs "
@@ -181,3 +196,16 @@ def print_replay(table: pd.DataFrame, budgets: list[int]) -> None:
             f"| {row.pruner} | {row.signal} | {cells} | {row[last] - none:+.4f} "
             f"| {row.started:.1f} / {row.finished:.1f} |"
         )
+    if not fresh_seeds:
+        return
+    print(
+        f"\nthe same replays, each scored by the config it chose trained again on {fresh_seeds} new "
+        f"seed(s) (the mean of those runs, scored as a trial; {len(table.attrs['chosen'])} configs): what the "
+        "choice is worth without the luck of its own run"
+    )
+    print("| pruner | pruned on | " + " | ".join(f"{b} epochs" for b in budgets) + f" | vs none at {last} |")
+    print("|---|---|" + "--:|" * (len(budgets) + 1))
+    fresh_none = table[table.pruner == "none"][f"fresh {last}"].iloc[0]
+    for _, row in table.iterrows():
+        cells = " | ".join(f"{row[f'fresh {b}']:.4f}" for b in budgets)
+        print(f"| {row.pruner} | {row.signal} | {cells} | {row[f'fresh {last}'] - fresh_none:+.4f} |")

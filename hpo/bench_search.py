@@ -229,6 +229,7 @@ def best_trials(curves: pd.DataFrame, epochs: int) -> pd.DataFrame:
 
 
 RETRAIN_SEED_BASE = 100  # retraining seeds 100, 101, ...: none of them is a trial's seed in a short benchmark
+REPLAY_SEED_BASE = 7000  # --replay-fresh's seeds; the oracle's (bench_oracle) start at 5000 and 9000
 
 
 def fresh_runs(bench: BenchSettings, params: dict, seeds: list[int], split: str, threads: int = 1) -> list[float]:
@@ -249,6 +250,26 @@ def retrain_on_test(bench: BenchSettings, params: dict, seeds: int, threads: int
     """Test accuracy of the config ``params`` gives, trained ``seeds`` times on fresh seeds on the benchmark's
     training images: an estimate of the chosen config's quality free of the selection on validation noise."""
     return fresh_runs(bench, params, [RETRAIN_SEED_BASE + k for k in range(seeds)], "test", threads)
+
+
+def replay_fresh(
+    bench: BenchSettings, baseline: pd.DataFrame, chosen: list[int], seeds: int, jobs: int
+) -> pd.DataFrame:
+    """The configs the replays chose (positions among the baseline's full-length trials), each trained again on
+    ``seeds`` new seeds and scored as a trial, ``jobs`` at a time: one row per config, with its runs and their
+    mean."""
+    from hpo.bench_replay import full_length_rows
+
+    picked = full_length_rows(baseline, bench.epochs).iloc[chosen]
+    seed_list = [REPLAY_SEED_BASE + k for k in range(seeds)]
+    tasks = [(bench, json.loads(params), seed_list, "validation") for params in picked.params]
+    runs = map_jobs(fresh_runs, tasks, jobs)
+    return picked[["strategy", "seed", "trial", "params"]].assign(
+        position=chosen,
+        search_acc=[json.loads(curve)[-1] for curve in picked.val_acc_curve],
+        fresh_runs=[json.dumps(r) for r in runs],
+        fresh_acc=[float(np.mean(r)) for r in runs],
+    )
 
 
 def map_jobs(function, tasks: list[tuple], jobs: int) -> list:
@@ -483,7 +504,14 @@ def search_benchmark(args, device: torch.device) -> None:
         from hpo.bench_replay import print_replay, replay_table
 
         budgets = sorted({b for b in (bench.budget // 4, bench.budget // 2, bench.budget) if b >= epochs})
-        print_replay(replay_table(curves[curves.strategy == BASELINE], epochs, budgets), budgets)
+        baseline = curves[curves.strategy == BASELINE]
+        replayed = replay_table(baseline, epochs, budgets)
+        if args.replay_fresh:
+            fresh = replay_fresh(bench, baseline, replayed.attrs["chosen"], args.replay_fresh, jobs)
+            fresh.to_csv(out / "search-bench-replay-fresh.csv", index=False)
+            written.append(f"fresh runs: {out / 'search-bench-replay-fresh.csv'}")
+            replayed = replay_table(baseline, epochs, budgets, fresh=dict(zip(fresh.position, fresh.fresh_acc)))
+        print_replay(replayed, budgets, args.replay_fresh)
     if args.retrain_best:
         print(
             f"\nretraining each study's best trial with {args.retrain_best} fresh seeds, scored on the "

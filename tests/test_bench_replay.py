@@ -99,12 +99,12 @@ def test_a_replay_charges_the_epochs_each_trial_ran_and_keeps_the_best_finished_
     finals = np.array([0.5, 0.9, 0.7, 0.8])
     signal = np.tile(finals[:, None], (1, 4))
     stop_at_two = lambda curve: 2  # noqa: E731
-    [(best, started, finished)] = replay(finals, signal, np.arange(4), stop_at_two, [7])
-    assert (started, finished) == (3, 0) and np.isnan(best)  # 3 x 2 epochs fit in 7, a 4th does not; none finished
-    # One pass answers every budget, in the order given: 3 epochs fit no 4-epoch trial, 9 fit two, 16 all four.
+    # 3 x 2 epochs fit in 7, a 4th does not; none finished, so none was chosen
+    assert replay(finals, signal, np.arange(4), stop_at_two, [7]) == [(None, 3, 0)]
+    # One pass answers every budget, in the order given: 3 epochs fit no 4-epoch trial, 9 fit two (trials 0 and 2:
+    # the best is trial 2, 0.7), 16 all four (trial 1, 0.9).
     run_all = make_rule("none", 4, None)
-    at_9, at_3, at_16 = replay(finals, signal, np.array([0, 2, 1, 3]), run_all, [9, 3, 16])
-    assert at_9 == (0.7, 2, 2) and at_16 == (0.9, 4, 4) and np.isnan(at_3[0]) and at_3[1:] == (0, 0)
+    assert replay(finals, signal, np.array([0, 2, 1, 3]), run_all, [9, 3, 16]) == [(2, 2, 2), (None, 0, 0), (1, 4, 4)]
 
 
 def test_pruning_pays_when_early_epochs_rank_trials_as_the_last_does_and_not_when_they_mislead():
@@ -154,5 +154,78 @@ def test_cli_replays_the_pruners_on_the_baselines_trials(tiny_data_dir, tmp_path
         ("median", "loss"),
     ]
     assert "pruners replayed on random search's 2 full-length trials" in text
+    assert "trained again on" not in text  # fresh runs only when asked for
     line = refusal(main, ["--replay", "--data-dir", str(tiny_data_dir)], capsys)
     assert "--replay is for --search" in line
+    line = refusal(main, ["--search", "--replay-fresh", "1", "--data-dir", str(tiny_data_dir)], capsys)
+    assert "--replay-fresh is for --search --replay" in line
+
+
+def test_fresh_scores_are_the_mean_fresh_score_of_the_trials_each_replay_chose():
+    rng = np.random.default_rng(1)
+    accuracy = rng.random((30, EPOCHS))
+    frame = pd.DataFrame(
+        {
+            "val_acc_curve": [json.dumps(list(c)) for c in accuracy],
+            "val_loss_curve": [json.dumps(list(-c)) for c in accuracy],
+        }
+    )
+    plain = replay_table(frame, EPOCHS, [12, 30], pruners=("none", "asha"), replays=20)
+    chosen = plain.attrs["chosen"]
+    assert chosen and set(chosen) <= set(range(30)) and "fresh 30" not in plain
+    # A fresh score that is the trial's own final accuracy gives back the plain table's bests...
+    same = replay_table(
+        frame, EPOCHS, [12, 30], pruners=("none", "asha"), replays=20, fresh=dict(enumerate(accuracy[:, -1]))
+    )
+    assert np.allclose(same["fresh 12"], plain[12]) and np.allclose(same["fresh 30"], plain[30])
+    # ...and one that ranks the trials backwards shows what the choice is worth: less than a random trial.
+    backwards = replay_table(
+        frame, EPOCHS, [30], pruners=("none",), replays=20, fresh=dict(enumerate(1 - accuracy[:, -1]))
+    )
+    assert backwards["fresh 30"].iloc[0] < np.mean(1 - accuracy[:, -1])
+
+
+def test_cli_trains_the_chosen_configs_again_on_fresh_seeds(tiny_data_dir, tmp_path, capsys):
+    args = ["--search", "--data-dir", str(tiny_data_dir), "--seeds", "1", "--budget", "4", "--jobs", "1", "--replay"]
+    tiny = ["--widths", "8", "16", "16", "--batch-size", "16", "--device", "cpu", "--epochs", "2"]
+    assert main([*args, "--replay-fresh", "1", "--strategies", "random:none", "--out", str(tmp_path), *tiny]) == 0
+    text = capsys.readouterr().out
+    fresh = pd.read_csv(tmp_path / "search-bench-replay-fresh.csv")
+    assert len(fresh) >= 1 and all(len(json.loads(r)) == 1 for r in fresh.fresh_runs)
+    curves = pd.read_csv(tmp_path / "search-bench-curves.csv")
+    # each fresh row is a trial of the study, trained again: same params, its own (new) run
+    for _, row in fresh.iterrows():
+        trial = curves[(curves.strategy == row.strategy) & (curves.trial == row.trial)].iloc[0]
+        assert trial.params == row.params and json.loads(trial.val_acc_curve)[-1] == row.search_acc
+    table = text[text.index("the same replays, each scored by the config it chose") :]
+    rows = [
+        line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ") and "epochs |" not in line
+    ]
+    assert rows == ["none", "hyperband", "hyperband", "asha", "asha", "median", "median"]
+
+
+def test_fresh_runs_go_to_the_full_length_trials_at_the_chosen_positions(monkeypatch):
+    import hpo.bench_search as bench_search
+
+    baseline = pd.DataFrame(
+        {
+            "strategy": "random:none",
+            "seed": 0,
+            "trial": [0, 1, 2, 3],
+            "params": [json.dumps({"momentum": m}) for m in (0.70, 0.75, 0.80, 0.85)],
+            "val_acc_curve": [json.dumps(c) for c in ([0.1], [0.1, 0.2], [0.3, 0.4], [0.5, 0.6])],  # trial 0 diverged
+        }
+    )
+    trained = []
+
+    def fake_map_jobs(function, tasks, jobs):
+        trained.extend(params["momentum"] for _, params, _, _ in tasks)
+        return [[params["momentum"] / 10] * len(seeds) for _, params, seeds, _ in tasks]
+
+    monkeypatch.setattr(bench_search, "map_jobs", fake_map_jobs)
+    bench = bench_search.BenchSettings("data", 2, (8, 16, 16), 100, 16, 4, False)
+    fresh = bench_search.replay_fresh(bench, baseline, [0, 2], seeds=2, jobs=1)
+    # positions count the full-length trials only: 0 is trial 1, 2 is trial 3
+    assert trained == [0.75, 0.85] and list(fresh.trial) == [1, 3] and list(fresh.position) == [0, 2]
+    assert list(fresh.search_acc) == [0.2, 0.6] and list(fresh.fresh_acc) == pytest.approx([0.075, 0.085])
+    assert [json.loads(r) for r in fresh.fresh_runs] == [[0.75 / 10] * 2, [0.85 / 10] * 2]
