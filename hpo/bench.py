@@ -455,8 +455,10 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name)
         if value is not None and value < 1:
             raise HpoError(f"--{name.replace('_', '-')} must be at least 1, got {value}")
-    if min(args.tile_to, args.workers, args.train_subset or 0, args.retrain_best, args.oracle, args.replay_fresh) < 0:
-        raise HpoError("--tile-to, --workers, --train-subset, --retrain-best, --oracle and --replay-fresh must be >= 0")
+    for name in ("tile_to", "workers", "train_subset", "retrain_best", "oracle", "replay_fresh"):
+        value = getattr(args, name)
+        if value is not None and value < 0:
+            raise HpoError(f"--{name.replace('_', '-')} must be >= 0, got {value}")
     if args.search + args.ablation + args.packing + args.augment_only + bool(args.variants) > 1:
         raise HpoError(
             "--search, --ablation, --packing, --variants and --augment-only are separate benchmarks: pass one"
